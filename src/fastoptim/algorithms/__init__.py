@@ -1,0 +1,1 @@
+"""One module per algorithm: docstring with the math, reference rule, class."""

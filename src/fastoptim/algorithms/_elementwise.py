@@ -1,0 +1,99 @@
+"""The skeleton shared by every optimizer whose update is a per-parameter rule.
+
+An algorithm module supplies three things:
+
+* ``rule`` - the reference update rule, ``rule(param, grad, state, **options)``,
+  plain tensor ops that update ``param`` and ``state`` in place;
+* ``_init_state(param, group)`` - the state a parameter gets on its first step;
+* ``rule_options`` (or ``_rule_options(group)``) - the group's hyper-parameters
+  that the rule takes as keywords.
+
+``step`` is written once, here: evaluate the closure, validate every group
+(nothing changes if anything is wrong), create missing state, then hand each
+group to :func:`fastoptim.kernels.dispatch.update_group`, which runs a fast
+kernel when one covers the case and the reference rule otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..optimizer import Optimizer
+
+
+class ElementwiseOptimizer(Optimizer):
+    """Base for SGD, Adam and the other per-parameter algorithms."""
+
+    #: the reference update rule (a plain function; see the module docstring)
+    rule: ClassVar[Callable[..., None]]
+    #: whether the rule accepts sparse gradients
+    supports_sparse_grad: ClassVar[bool] = False
+    #: whether complex parameters are accepted
+    supports_complex: ClassVar[bool] = True
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        """State of a parameter before its first update."""
+        return {}
+
+    #: group options handed to the rule unchanged, by name
+    rule_options: ClassVar[tuple[str, ...]] = ()
+
+    def _rule_options(self, group: dict[str, Any]) -> dict[str, Any]:
+        """The rule's keyword arguments for one group (override to transform, e.g. split betas)."""
+        return {name: group[name] for name in self.rule_options}
+
+    def _check_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        """Reject what the rule cannot handle, before any parameter is touched."""
+        grad = param.grad
+        if grad.is_sparse and not self.supports_sparse_grad:
+            raise RuntimeError(self._sparse_grad_message())
+        if group.get("fused") and not (param.is_floating_point()):
+            raise RuntimeError(
+                "`fused=True` requires all the params to be floating point Tensors of "
+                f"supported devices: ['mps', 'cuda', 'xpu', 'hpu', 'cpu', 'mtia'] but {param.dtype} and {param.device.type}"
+            )
+        if group.get("differentiable") and "step" in self.state.get(param, {}):
+            step = self.state[param]["step"]
+            if isinstance(step, Tensor) and step.requires_grad:
+                raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+
+    def _sparse_grad_message(self) -> str:
+        name = type(self).__name__
+        return f"{name} does not support sparse gradients"
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """Perform one optimisation step.
+
+        Args:
+            closure: optional; re-evaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        work = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
+                self._check_param(p, group)
+            work.append((group, params))
+
+        from ..kernels.dispatch import update_group
+
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            for group, params in work:
+                for p in params:
+                    # Parameters whose algorithm keeps no state (SGD without
+                    # momentum) get no entry at all, as in torch.
+                    if not self.state.get(p):
+                        initial = self._init_state(p, group)
+                        if initial:
+                            self.state[p] = initial
+                if params:
+                    update_group(self, group, params)
+        return loss

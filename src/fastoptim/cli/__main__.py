@@ -1,0 +1,5 @@
+import sys
+
+from fastoptim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fast backends for the update rules, and the one place that chooses between them."""
