@@ -45,9 +45,10 @@ import types
 import warnings
 from bisect import bisect_right
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 from weakref import ref
 
 import torch
