@@ -4,6 +4,7 @@
 """
 
 from .algorithms.adam import Adam, AdamW
+from .algorithms.nadam import NAdam
 from .algorithms.sgd import SGD
 from .optimizer import Optimizer, register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Adam",
     "AdamW",
+    "NAdam",
     "Optimizer",
     "SGD",
     "lr_scheduler",

@@ -99,3 +99,27 @@ def ema_square_(average: Tensor, value: Tensor, beta: Scalar) -> None:
 def bias_correction(beta: Scalar, step: Scalar) -> Scalar:
     """``1 − βᵗ``: corrects a zero-initialised EMA after ``t`` steps."""
     return 1 - beta**step
+
+
+def scalar_state(value: Scalar, param: Tensor, on_param_device: bool) -> Tensor:
+    """A 0-dim state value (``step``, ``mu_product``, ``eta``, ...) as a float tensor of :func:`step_dtype`.
+
+    It lives on the parameter's device when ``on_param_device`` (capturable
+    groups; ASGD always), on the CPU otherwise, where reading it is cheap.
+    """
+    return torch.tensor(float(value), dtype=step_dtype(), device=param.device if on_param_device else "cpu")
+
+
+def tensorize_scalar_state(optimizer, keys: tuple[str, ...], on_param_device) -> None:
+    """Turn scalar state that old checkpoints stored as numbers into tensors (for ``__setstate__``).
+
+    ``on_param_device(group)`` says where a group's scalars live (see :func:`scalar_state`).
+    """
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            entry = optimizer.state.get(param)
+            if not entry:
+                continue
+            for key in keys:
+                if not torch.is_tensor(entry[key]):
+                    entry[key] = scalar_state(entry[key], param, on_param_device(group))
