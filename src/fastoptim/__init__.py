@@ -3,7 +3,6 @@
 ``import fastoptim as optim`` in place of ``import torch.optim as optim``.
 """
 
-from .algorithms.adagrad import Adagrad
 from .algorithms.adam import Adam, AdamW
 from .algorithms.nadam import NAdam
 from .algorithms.radam import RAdam
@@ -13,7 +12,6 @@ from .optimizer import Optimizer, register_optimizer_step_post_hook, register_op
 __version__ = "0.1.0"
 
 __all__ = [
-    "Adagrad",
     "Adam",
     "AdamW",
     "NAdam",
