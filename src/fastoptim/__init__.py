@@ -4,6 +4,7 @@
 """
 
 from .algorithms.adam import Adam, AdamW
+from .algorithms.asgd import ASGD
 from .algorithms.nadam import NAdam
 from .algorithms.radam import RAdam
 from .algorithms.sgd import SGD
@@ -12,6 +13,7 @@ from .optimizer import Optimizer, register_optimizer_step_post_hook, register_op
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASGD",
     "Adam",
     "AdamW",
     "NAdam",
