@@ -1,0 +1,1 @@
+"""Integration tests: fastoptim inside the PyTorch ecosystem (one module per integration)."""
