@@ -3,23 +3,37 @@
 ``import fastoptim as optim`` in place of ``import torch.optim as optim``.
 """
 
+from .algorithms.adadelta import Adadelta
+from .algorithms.adagrad import Adagrad
 from .algorithms.adam import Adam, AdamW
+from .algorithms.adamax import Adamax
 from .algorithms.asgd import ASGD
+from .algorithms.lbfgs import LBFGS
 from .algorithms.nadam import NAdam
 from .algorithms.radam import RAdam
+from .algorithms.rmsprop import RMSprop
+from .algorithms.rprop import Rprop
 from .algorithms.sgd import SGD
+from .algorithms.sparse_adam import SparseAdam
 from .optimizer import Optimizer, register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ASGD",
+    "Adadelta",
+    "Adagrad",
     "Adam",
     "AdamW",
+    "Adamax",
+    "LBFGS",
     "NAdam",
     "Optimizer",
     "RAdam",
+    "Rprop",
+    "RMSprop",
     "SGD",
+    "SparseAdam",
     "lr_scheduler",
     "register_optimizer_step_post_hook",
     "register_optimizer_step_pre_hook",

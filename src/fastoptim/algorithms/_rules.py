@@ -123,3 +123,12 @@ def tensorize_scalar_state(optimizer, keys: tuple[str, ...], on_param_device) ->
             for key in keys:
                 if not torch.is_tensor(entry[key]):
                     entry[key] = scalar_state(entry[key], param, on_param_device(group))
+
+
+def add_eps(denominator: Tensor, eps: float, differentiable: bool) -> Tensor:
+    """``d + ε`` for a freshly computed denominator ``d`` (such as ``√v``).
+
+    In place normally (``d`` is a temporary).  Out of place when differentiable:
+    autograd may need ``d`` itself, e.g. the backward of the ``sqrt`` that made it.
+    """
+    return denominator.add(eps) if differentiable else denominator.add_(eps)

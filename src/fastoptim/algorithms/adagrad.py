@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
-from ._rules import as_scalar, l2_decay, new_step, real_views, scalar_value, signed_grad, tensorize_scalar_state
+from ._rules import add_eps, as_scalar, l2_decay, new_step, real_views, scalar_value, signed_grad, tensorize_scalar_state
 from ._validate import check_fused_flags, check_lr, check_non_negative
 
 __all__ = ["Adagrad", "adagrad_reference"]
@@ -78,8 +78,7 @@ def adagrad_reference(
 
     param, grad, state_sum = real_views(param, grad, state_sum)
     state_sum.addcmul_(grad, grad, value=1)
-    # Out of place when differentiable: sqrt's backward needs its output unchanged.
-    std = state_sum.sqrt() + eps if differentiable else state_sum.sqrt().add_(eps)
+    std = add_eps(state_sum.sqrt(), eps, differentiable)
     param.addcdiv_(grad, std, value=-decayed_lr)
 
 
