@@ -49,7 +49,7 @@ class Problem:
     sparse: bool = False
 
     @classmethod
-    def make(cls, dtype, *, complex_param=True, sparse=False, single_group=False, seed=0):
+    def make(cls, dtype, *, complex_param=True, sparse=False, single_group=False, noncontiguous=True, seed=0):
         gen = torch.Generator().manual_seed(seed)
 
         def randn(*shape, dt=dtype):
@@ -61,7 +61,7 @@ class Problem:
         else:
             values = [
                 randn(5, 3),
-                randn(4, 7).t(),  # non-contiguous
+                randn(4, 7).t() if noncontiguous else randn(7, 4),
                 randn(),  # 0-dim
                 randn(11),
             ]
@@ -121,7 +121,11 @@ def _like(param, values):
 
 def _set_grads(params, grads, skip_first=False):
     for i, (p, g) in enumerate(zip(params, grads)):
-        p.grad = None if (skip_first and i == 0) else g.clone(memory_format=torch.preserve_format)
+        if skip_first and i == 0:
+            p.grad = None
+        else:
+            # sparse tensors have no strides to preserve (clone rejects the option)
+            p.grad = g.clone() if g.is_sparse else g.clone(memory_format=torch.preserve_format)
 
 
 def assert_same(actual, expected, tol, where=""):

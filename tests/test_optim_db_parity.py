@@ -55,6 +55,9 @@ def _problem(name, dtype, kwargs):
         complex_param=info.supports_complex and not kwargs.get("fused"),
         sparse=info.only_supports_sparse_grads,
         single_group=info.step_requires_closure,
+        # torch's LBFGS flattens gradients with .view(-1), which raises on a
+        # non-contiguous one; tests/test_lbfgs.py covers that case.
+        noncontiguous=not info.step_requires_closure,
     )
 
 
