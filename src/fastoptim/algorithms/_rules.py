@@ -132,3 +132,10 @@ def add_eps(denominator: Tensor, eps: float, differentiable: bool) -> Tensor:
     autograd may need ``d`` itself, e.g. the backward of the ``sqrt`` that made it.
     """
     return denominator.add(eps) if differentiable else denominator.add_(eps)
+
+
+def fill_group_defaults(optimizer, **defaults) -> None:
+    """Give every group the options that older checkpoints lack (for ``__setstate__``)."""
+    for group in optimizer.param_groups:
+        for key, value in defaults.items():
+            group.setdefault(key, value)

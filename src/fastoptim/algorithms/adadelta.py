@@ -22,7 +22,17 @@ import torch
 from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
-from ._rules import as_scalar, ema_square_, l2_decay, new_step, real_views, signed_grad, tensorize_scalar_state, zeros_like
+from ._rules import (
+    as_scalar,
+    ema_square_,
+    fill_group_defaults,
+    l2_decay,
+    new_step,
+    real_views,
+    signed_grad,
+    tensorize_scalar_state,
+    zeros_like,
+)
 from ._validate import check_lr, check_non_negative
 
 __all__ = ["Adadelta", "adadelta_reference"]
@@ -122,11 +132,7 @@ class Adadelta(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
+        fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, capturable=False)
         tensorize_scalar_state(self, ("step",), lambda group: group["capturable"])
 
     def _init_state(self, param: Tensor, group: dict) -> dict:

@@ -30,7 +30,17 @@ import torch
 from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
-from ._rules import add_eps, as_scalar, l2_decay, new_step, real_views, scalar_value, signed_grad, tensorize_scalar_state
+from ._rules import (
+    add_eps,
+    as_scalar,
+    fill_group_defaults,
+    l2_decay,
+    new_step,
+    real_views,
+    scalar_value,
+    signed_grad,
+    tensorize_scalar_state,
+)
 from ._validate import check_fused_flags, check_lr, check_non_negative
 
 __all__ = ["Adagrad", "adagrad_reference"]
@@ -84,7 +94,9 @@ def adagrad_reference(
 
 def _fresh_state(param: Tensor, group: dict, initial_accumulator_value: float) -> dict:
     """``step`` = 0 and ``sum`` filled with τ (τ + τi for a complex parameter)."""
-    fill = complex(initial_accumulator_value, initial_accumulator_value) if param.is_complex() else initial_accumulator_value
+    fill = initial_accumulator_value
+    if param.is_complex():
+        fill = complex(fill, fill)
     return {
         "step": new_step(param, group),
         "sum": torch.full_like(param, fill, memory_format=torch.preserve_format),
@@ -158,11 +170,7 @@ class Adagrad(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("fused", None)
+        fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, fused=None)
         tensorize_scalar_state(self, ("step",), lambda group: bool(group["fused"]))
 
     def share_memory(self) -> None:

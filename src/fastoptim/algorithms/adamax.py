@@ -26,6 +26,7 @@ from ._rules import (
     as_scalar,
     bias_correction,
     ema_,
+    fill_group_defaults,
     l2_decay,
     new_step,
     real_views,
@@ -101,6 +102,7 @@ class Adamax(ElementwiseOptimizer):
     """
 
     rule = staticmethod(adamax_reference)
+    rule_options = ("lr", "eps", "weight_decay", "maximize", "capturable", "differentiable")
     _per_element_state = ("exp_avg", "exp_inf")
 
     def __init__(
@@ -134,11 +136,7 @@ class Adamax(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
+        fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, capturable=False)
         tensorize_scalar_state(self, ("step",), lambda group: group["capturable"])
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
@@ -146,13 +144,4 @@ class Adamax(ElementwiseOptimizer):
 
     def _rule_options(self, group: dict) -> dict:
         beta1, beta2 = group["betas"]
-        return dict(
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            maximize=group["maximize"],
-            capturable=group["capturable"],
-            differentiable=group["differentiable"],
-        )
+        return {**super()._rule_options(group), "beta1": beta1, "beta2": beta2}

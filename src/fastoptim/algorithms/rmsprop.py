@@ -30,6 +30,7 @@ from ._rules import (
     as_scalar,
     ema_,
     ema_square_,
+    fill_group_defaults,
     l2_decay,
     new_step,
     real_views,
@@ -156,13 +157,9 @@ class RMSprop(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            group.setdefault("momentum", 0)
-            group.setdefault("centered", False)
-            group.setdefault("foreach", None)
-            group.setdefault("maximize", False)
-            group.setdefault("differentiable", False)
-            group.setdefault("capturable", False)
+        fill_group_defaults(
+            self, momentum=0, centered=False, foreach=None, maximize=False, differentiable=False, capturable=False
+        )
         tensorize_scalar_state(self, ("step",), lambda group: group["capturable"])
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
