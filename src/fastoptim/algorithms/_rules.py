@@ -107,7 +107,9 @@ def scalar_state(value: Scalar, param: Tensor, on_param_device: bool) -> Tensor:
     It lives on the parameter's device when ``on_param_device`` (capturable
     groups; ASGD always), on the CPU otherwise, where reading it is cheap.
     """
-    return torch.tensor(float(value), dtype=step_dtype(), device=param.device if on_param_device else "cpu")
+    device = param.device if on_param_device else "cpu"
+    # as_tensor + detach: a tensor lr (even one that requires grad) is copied, never read back as a number
+    return torch.as_tensor(value, dtype=step_dtype(), device=device).detach().clone()
 
 
 def tensorize_scalar_state(optimizer, keys: tuple[str, ...], on_param_device) -> None:
@@ -139,3 +141,14 @@ def fill_group_defaults(optimizer, **defaults) -> None:
     for group in optimizer.param_groups:
         for key, value in defaults.items():
             group.setdefault(key, value)
+
+
+def advance_step(state: dict, tensor_math: bool) -> Scalar:
+    """``t ← t + 1`` on the state's ``step`` tensor, in place; returns the new t.
+
+    As a tensor when ``tensor_math`` (capturable: no host read, so the step can
+    be graph-captured), else as a Python number read once.
+    """
+    step_t = state["step"]
+    step_t += 1
+    return step_t if tensor_math else scalar_value(step_t)

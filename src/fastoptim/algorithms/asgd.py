@@ -28,7 +28,17 @@ import torch
 from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
-from ._rules import as_scalar, l2_decay, real_views, scalar_state, scalar_value, signed_grad, tensorize_scalar_state, zeros_like
+from ._rules import (
+    as_scalar,
+    fill_group_defaults,
+    l2_decay,
+    real_views,
+    scalar_state,
+    scalar_value,
+    signed_grad,
+    tensorize_scalar_state,
+    zeros_like,
+)
 from ._validate import check_lr, check_non_negative
 
 __all__ = ["ASGD", "asgd_reference"]
@@ -135,14 +145,7 @@ class ASGD(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            for key, default in (
-                ("foreach", None),
-                ("maximize", False),
-                ("differentiable", False),
-                ("capturable", False),
-            ):
-                group.setdefault(key, default)
+        fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, capturable=False)
         tensorize_scalar_state(self, ("step", "eta", "mu"), lambda group: True)
 
     def _init_state(self, param: Tensor, group: dict) -> dict:

@@ -29,11 +29,13 @@ from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
 from ._rules import (
+    advance_step,
     apply_weight_decay,
     as_scalar,
     bias_correction,
     ema_,
     ema_square_,
+    fill_group_defaults,
     new_step,
     real_views,
     scalar_state,
@@ -73,10 +75,7 @@ def nadam_reference(
     grad = signed_grad(grad, maximize)
     param, grad, exp_avg, exp_avg_sq = real_views(param, grad, state["exp_avg"], state["exp_avg_sq"])
     mu_product = state["mu_product"]
-    step_t = state["step"]
-    step_t += 1
-    # capturable keeps t a tensor (no host read); otherwise t is read once as a number.
-    step = step_t if capturable else scalar_value(step_t)
+    step = advance_step(state, capturable)
     bias_correction2 = bias_correction(beta2, step)
     grad = apply_weight_decay(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
 
@@ -127,6 +126,16 @@ class NAdam(ElementwiseOptimizer):
     """
 
     rule = staticmethod(nadam_reference)
+    rule_options = (
+        "lr",
+        "eps",
+        "weight_decay",
+        "momentum_decay",
+        "decoupled_weight_decay",
+        "maximize",
+        "capturable",
+        "differentiable",
+    )
     _per_element_state = ("exp_avg", "exp_avg_sq")
 
     def __init__(
@@ -165,15 +174,9 @@ class NAdam(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            for key, default in (
-                ("maximize", False),
-                ("foreach", None),
-                ("capturable", False),
-                ("differentiable", False),
-                ("decoupled_weight_decay", False),
-            ):
-                group.setdefault(key, default)
+        fill_group_defaults(
+            self, maximize=False, foreach=None, capturable=False, differentiable=False, decoupled_weight_decay=False
+        )
         tensorize_scalar_state(self, ("step", "mu_product"), lambda group: group["capturable"])
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
@@ -186,15 +189,4 @@ class NAdam(ElementwiseOptimizer):
 
     def _rule_options(self, group: dict) -> dict:
         beta1, beta2 = group["betas"]
-        return dict(
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            momentum_decay=group["momentum_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            capturable=group["capturable"],
-            differentiable=group["differentiable"],
-        )
+        return {**super()._rule_options(group), "beta1": beta1, "beta2": beta2}

@@ -33,14 +33,16 @@ from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
 from ._rules import (
+    add_eps,
+    advance_step,
     apply_weight_decay,
     as_scalar,
     bias_correction,
     ema_,
     ema_square_,
+    fill_group_defaults,
     new_step,
     real_views,
-    scalar_value,
     signed_grad,
     tensorize_scalar_state,
     zeros_like,
@@ -69,10 +71,7 @@ def radam_reference(
     lr = as_scalar(lr)
     grad = signed_grad(grad, maximize)
     param, grad, exp_avg, exp_avg_sq = real_views(param, grad, state["exp_avg"], state["exp_avg_sq"])
-    step_t = state["step"]
-    step_t += 1
-    # capturable keeps t a tensor (no host read, no data-dependent branch).
-    step = step_t if capturable else scalar_value(step_t)
+    step = advance_step(state, capturable)
     grad = apply_weight_decay(param, grad, lr=lr, weight_decay=weight_decay, decoupled=decoupled_weight_decay)
 
     ema_(exp_avg, grad, beta1)
@@ -89,10 +88,7 @@ def radam_reference(
         return ((rho_t - 4) * (rho_t - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho_t)) ** 0.5
 
     def adaptive_lr():
-        root = exp_avg_sq.sqrt()
-        # out of place when differentiable: ``root`` is on the autograd graph
-        root = root.add(eps) if differentiable else root.add_(eps)
-        return (bias_correction2**0.5) / root
+        return (bias_correction2**0.5) / add_eps(exp_avg_sq.sqrt(), eps, differentiable)
 
     if capturable:
         update = torch.where(rho_t > 5.0, rectification() * adaptive_lr(), 1.0)
@@ -126,6 +122,7 @@ class RAdam(ElementwiseOptimizer):
     """
 
     rule = staticmethod(radam_reference)
+    rule_options = ("lr", "eps", "weight_decay", "decoupled_weight_decay", "maximize", "capturable", "differentiable")
     _per_element_state = ("exp_avg", "exp_avg_sq")
 
     def __init__(
@@ -161,15 +158,9 @@ class RAdam(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            for key, default in (
-                ("foreach", None),
-                ("maximize", False),
-                ("differentiable", False),
-                ("decoupled_weight_decay", False),
-                ("capturable", False),
-            ):
-                group.setdefault(key, default)
+        fill_group_defaults(
+            self, foreach=None, maximize=False, differentiable=False, decoupled_weight_decay=False, capturable=False
+        )
         tensorize_scalar_state(self, ("step",), lambda group: group["capturable"])
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
@@ -177,14 +168,4 @@ class RAdam(ElementwiseOptimizer):
 
     def _rule_options(self, group: dict) -> dict:
         beta1, beta2 = group["betas"]
-        return dict(
-            lr=group["lr"],
-            beta1=beta1,
-            beta2=beta2,
-            eps=group["eps"],
-            weight_decay=group["weight_decay"],
-            decoupled_weight_decay=group["decoupled_weight_decay"],
-            maximize=group["maximize"],
-            capturable=group["capturable"],
-            differentiable=group["differentiable"],
-        )
+        return {**super()._rule_options(group), "beta1": beta1, "beta2": beta2}

@@ -20,8 +20,8 @@ the sign flipped), ``step_size`` (Δ).  A complex parameter is two real ones:
 its real and imaginary parts each get their own Δ.
 
 .. warning:: As in torch.optim, the "s < 0" elements are found by comparing the
-   factor with η₋ after it was written, and a NaN gradient leaves its factor NaN
-   (it is neither > 0, < 0 nor = 0), so Δ becomes NaN there.
+   factor with η₋ after it was written, and ``torch.sign(NaN)`` is 0: where
+   g_t (or g_t·g_{t-1}) is NaN, Δ is kept and θ does not move; ``prev`` keeps the NaN.
 """
 
 from __future__ import annotations
@@ -30,7 +30,15 @@ import torch
 from torch import Tensor
 
 from ._elementwise import ElementwiseOptimizer
-from ._rules import as_scalar, new_step, real_views, signed_grad, tensorize_scalar_state, zeros_like
+from ._rules import (
+    as_scalar,
+    fill_group_defaults,
+    new_step,
+    real_views,
+    signed_grad,
+    tensorize_scalar_state,
+    zeros_like,
+)
 from ._validate import check_lr
 
 __all__ = ["Rprop", "rprop_reference"]
@@ -99,6 +107,7 @@ class Rprop(ElementwiseOptimizer):
     """
 
     rule = staticmethod(rprop_reference)
+    rule_options = ("maximize", "capturable", "differentiable")
     _per_element_state = ("prev", "step_size")
 
     def __init__(
@@ -129,14 +138,7 @@ class Rprop(ElementwiseOptimizer):
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)
-        for group in self.param_groups:
-            for key, default in (
-                ("foreach", None),
-                ("maximize", False),
-                ("differentiable", False),
-                ("capturable", False),
-            ):
-                group.setdefault(key, default)
+        fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, capturable=False)
         tensorize_scalar_state(self, ("step",), lambda group: group["capturable"])
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
@@ -150,12 +152,10 @@ class Rprop(ElementwiseOptimizer):
     def _rule_options(self, group: dict) -> dict:
         etaminus, etaplus = group["etas"]
         step_size_min, step_size_max = group["step_sizes"]
-        return dict(
-            etaminus=etaminus,
-            etaplus=etaplus,
-            step_size_min=step_size_min,
-            step_size_max=step_size_max,
-            maximize=group["maximize"],
-            capturable=group["capturable"],
-            differentiable=group["differentiable"],
-        )
+        return {
+            **super()._rule_options(group),
+            "etaminus": etaminus,
+            "etaplus": etaplus,
+            "step_size_min": step_size_min,
+            "step_size_max": step_size_max,
+        }
