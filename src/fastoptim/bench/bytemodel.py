@@ -1,0 +1,114 @@
+"""The minimum memory traffic of one optimizer step: the yardstick for GB/s.
+
+An optimizer step is bound by memory bandwidth, so its speed is reported as
+``bytes it must move / step time``.  "Must move" is the *minimum*: every
+per-element tensor the update reads is read once and every tensor it changes
+is written once, nothing else.  A backend that makes extra passes (the
+for-loop's temporaries, foreach's intermediate lists) pays for them in time but
+gets no credit for them in bytes, so GB/s compares backends fairly and can be
+put next to the copy ceiling.
+
+The table is per element, for each algorithm in its *default* configuration
+(the constructor's defaults, which is what the bench runs).  Per-parameter
+scalars (``step``, ASGD's ``eta``/``mu``, NAdam's ``mu_product``) are a few
+bytes per tensor and are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import Tensor
+
+__all__ = [
+    "BYTE_MODEL",
+    "CEILING",
+    "INDEX_BYTES",
+    "Traffic",
+    "ceiling_bytes",
+    "step_bytes",
+]
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """Per-element tensors an update must read and write (names are torch's state keys)."""
+
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    note: str = ""
+
+    @property
+    def tensors_per_element(self) -> int:
+        """Reads plus writes, in units of one element of the parameter's dtype."""
+        return len(self.reads) + len(self.writes)
+
+    def bytes_per_element(self, element_size: int) -> int:
+        return self.tensors_per_element * element_size
+
+
+_ADAM_LIKE = ("param", "grad", "exp_avg", "exp_avg_sq")
+
+#: algorithm name -> minimum traffic of one step in its default configuration
+BYTE_MODEL: dict[str, Traffic] = {
+    "SGD": Traffic(("param", "grad"), ("param",), "momentum=0 (default): no momentum_buffer"),
+    "Adam": Traffic(_ADAM_LIKE, ("param", "exp_avg", "exp_avg_sq"), "amsgrad=False"),
+    "AdamW": Traffic(_ADAM_LIKE, ("param", "exp_avg", "exp_avg_sq"), "decoupled decay reuses the param read"),
+    "Adagrad": Traffic(("param", "grad", "sum"), ("param", "sum")),
+    "RMSprop": Traffic(
+        ("param", "grad", "square_avg"), ("param", "square_avg"), "momentum=0, centered=False (defaults)"
+    ),
+    "Adadelta": Traffic(("param", "grad", "square_avg", "acc_delta"), ("param", "square_avg", "acc_delta")),
+    "Adamax": Traffic(("param", "grad", "exp_avg", "exp_inf"), ("param", "exp_avg", "exp_inf")),
+    "NAdam": Traffic(_ADAM_LIKE, ("param", "exp_avg", "exp_avg_sq"), "mu_product is a scalar"),
+    "RAdam": Traffic(_ADAM_LIKE, ("param", "exp_avg", "exp_avg_sq"), "v is updated even while rho_t <= 5"),
+    "ASGD": Traffic(
+        ("param", "grad"),
+        ("param", "ax"),
+        "t0=1e6 (default) keeps mu=1, so ax <- param: ax is written, never read",
+    ),
+    "Rprop": Traffic(("param", "grad", "prev", "step_size"), ("param", "prev", "step_size")),
+    "SparseAdam": Traffic(
+        _ADAM_LIKE,
+        ("param", "exp_avg", "exp_avg_sq"),
+        "only the elements the sparse grad touches, plus its int64 indices",
+    ),
+}
+
+#: the bandwidth ceiling's own traffic: ``a.add_(b, alpha=s)`` reads a and b, writes a
+CEILING = Traffic(("a", "b"), ("a",), "in-place read-modify-write, a.add_(b, alpha=s)")
+
+#: bytes of one sparse index (torch's COO indices are int64)
+INDEX_BYTES = 8
+
+
+def step_bytes(algorithm: str, params: Sequence[Tensor], grads: Iterable[Tensor] | None = None) -> int | None:
+    """Minimum bytes one step of ``algorithm`` moves over ``params`` (None if not modelled).
+
+    ``grads`` is needed only for sparse gradients (SparseAdam), whose traffic
+    is that of the touched elements: their values, the same elements of the
+    parameter and both moments, and the gradient's indices.
+    """
+    traffic = BYTE_MODEL.get(algorithm)
+    if traffic is None:
+        return None
+    grads = list(grads) if grads is not None else [p.grad for p in params]
+    total = 0
+    for p, g in zip(params, grads, strict=True):
+        if g is None:
+            continue
+        size = p.element_size()
+        if g.is_sparse:
+            g = g.coalesce()
+            touched = g._values().numel()
+            total += traffic.bytes_per_element(size) * touched
+            total += INDEX_BYTES * g._indices().numel()
+        else:
+            total += traffic.bytes_per_element(size) * p.numel()
+    return total
+
+
+def ceiling_bytes(numel: int, element_size: int) -> int:
+    """Bytes one ``a.add_(b, alpha=s)`` over ``numel`` elements moves."""
+    return CEILING.bytes_per_element(element_size) * numel

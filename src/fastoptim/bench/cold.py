@@ -1,0 +1,74 @@
+"""Cold first step: run by file path in a fresh interpreter, prints one JSON line.
+
+The clock starts after ``import torch`` and after the parameters are built
+(both costs are the same whatever optimizer library is used) and stops when
+the first ``step()`` returns, so it covers ``import fastoptim``, the
+constructor, lazy state creation and any JIT compilation or loading of cached
+kernels.  The parent runs this only after the main process has already run the
+same kernels, so numba's on-disk cache is warm.
+
+With several algorithms (``--quick`` does this to save interpreter starts) the
+import is paid once, by the first; later algorithms are timed constructor +
+first step in a process where fastoptim is already imported, which understates
+their cold start.  The full bench starts one process per algorithm.
+
+This file must not import fastoptim before the clock starts: it loads the
+parameter-set builder by path, not through the package.
+
+    python cold.py LIBRARY SET QUICK SCALE DTYPE SEED ALGORITHM [ALGORITHM ...]
+"""
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv):
+    library, set_name, quick, scale, dtype, seed, *algorithms = argv
+    import torch
+
+    spec = importlib.util.spec_from_file_location("_fastoptim_bench_paramsets", Path(__file__).with_name("paramsets.py"))
+    paramsets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paramsets)
+
+    pset = paramsets.build(set_name, quick=quick == "1", scale=float(scale), dtype=getattr(torch, dtype), seed=int(seed))
+    work = []
+    for algorithm in algorithms:
+        params = pset.fresh_params()
+        for p, g in zip(params, pset.grads):
+            p.grad = paramsets.sparse_grad(g, seed=int(seed)) if algorithm == "SparseAdam" else g.clone()
+        work.append((algorithm, params))
+    assert "fastoptim" not in sys.modules, "fastoptim imported before the clock started"
+
+    out = {}
+    t0 = time.perf_counter()
+    if library == "fastoptim":
+        import fastoptim as module
+    else:
+        module = torch.optim
+    import_s = time.perf_counter() - t0
+    for i, (algorithm, params) in enumerate(work):
+        t1 = time.perf_counter()
+        optimizer = getattr(module, algorithm)(params)
+        t2 = time.perf_counter()
+        optimizer.step()
+        t3 = time.perf_counter()
+        optimizer.step()
+        t4 = time.perf_counter()
+        own_import = import_s if i == 0 else 0.0
+        out[algorithm] = {
+            "import_s": own_import,
+            "construct_s": t2 - t1,
+            "first_step_s": t3 - t2,
+            "total_s": own_import + (t3 - t1),
+            "second_step_s": t4 - t3,
+            "fresh_process": i == 0,
+        }
+        del optimizer
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

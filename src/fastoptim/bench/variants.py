@@ -1,0 +1,103 @@
+"""What the bench runs: the algorithms both libraries have, and each one's variants.
+
+Everything is discovered, nothing listed by hand: an algorithm is benched when
+fastoptim exports an optimizer class that torch.optim also has; torch's
+variants are read off its constructor's signature (``foreach``, ``fused``) and
+``fused=True`` is kept only where a probe step on a CPU tensor succeeds.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ORDER", "SKIP_REASONS", "Variant", "discover_algorithms", "variants_for"]
+
+#: report order for the algorithms torch.optim has (others follow alphabetically)
+ORDER = [
+    "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax",
+    "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "LBFGS",
+]  # fmt: skip
+
+#: algorithms exported by both libraries that the bench does not time, and why
+SKIP_REASONS = {
+    "LBFGS": (
+        "closure-driven: one step runs up to max_iter=20 closure evaluations and dot products over "
+        "up to history_size=100 stored vectors, so its cost is set by the closure and the history, "
+        "not by a per-element pass over memory; there is no byte model to hold it to"
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way to run one algorithm: a library and the flags its constructor gets."""
+
+    key: str  # stable id in the JSON: torch_forloop, torch_foreach, torch_fused, torch_default, fastoptim
+    label: str  # column title in the report
+    library: str  # "torch" or "fastoptim"
+    make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
+
+    @property
+    def is_torch(self) -> bool:
+        return self.library == "torch"
+
+
+def _is_optimizer_class(obj, base) -> bool:
+    return isinstance(obj, type) and issubclass(obj, base) and obj is not base
+
+
+def discover_algorithms() -> tuple[list[str], dict[str, str]]:
+    """(algorithms to bench in report order, {algorithm: reason} for those skipped)."""
+    import fastoptim
+
+    both = []
+    for name in dir(fastoptim):
+        if name.startswith("_"):
+            continue
+        ours, theirs = getattr(fastoptim, name), getattr(torch.optim, name, None)
+        if _is_optimizer_class(ours, fastoptim.Optimizer) and _is_optimizer_class(theirs, torch.optim.Optimizer):
+            both.append(name)
+    both.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+    skipped = {n: SKIP_REASONS[n] for n in both if n in SKIP_REASONS}
+    return [n for n in both if n not in skipped], skipped
+
+
+def _fused_works_on_cpu(cls) -> str | None:
+    """None if ``cls(..., fused=True)`` steps a CPU tensor, else why not."""
+    p = torch.zeros(4, requires_grad=True)
+    p.grad = torch.ones(4)
+    try:
+        cls([p], fused=True).step()
+    except Exception as exc:  # noqa: BLE001 - any failure means "no fused CPU variant"
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def variants_for(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
+    """The variants of ``algorithm`` (torch's, then fastoptim's default) and notes on absent ones."""
+    import fastoptim
+
+    torch_cls, ours = getattr(torch.optim, algorithm), getattr(fastoptim, algorithm)
+    accepted = inspect.signature(torch_cls).parameters
+    out: list[Variant] = []
+    notes: dict[str, str] = {}
+    if "foreach" in accepted:
+        out.append(Variant("torch_forloop", "torch for-loop", "torch", lambda ps: torch_cls(ps, foreach=False)))
+        out.append(Variant("torch_foreach", "torch foreach", "torch", lambda ps: torch_cls(ps, foreach=True)))
+    else:
+        out.append(Variant("torch_default", "torch (only impl.)", "torch", lambda ps: torch_cls(ps)))
+        notes["torch_foreach"] = "torch has no foreach implementation"
+    if "fused" in accepted:
+        why_not = _fused_works_on_cpu(torch_cls)
+        if why_not is None:
+            out.append(Variant("torch_fused", "torch fused", "torch", lambda ps: torch_cls(ps, fused=True)))
+        else:
+            notes["torch_fused"] = f"fused=True fails on CPU: {why_not}"
+    else:
+        notes["torch_fused"] = "torch has no fused implementation"
+    out.append(Variant("fastoptim", "fastoptim", "fastoptim", lambda ps: ours(ps)))
+    return out, notes
