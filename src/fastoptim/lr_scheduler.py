@@ -303,7 +303,7 @@ class _LRScheduler(LRScheduler):
     """Old name of :class:`LRScheduler`, kept as torch keeps it."""
 
 
-class _ClosedForm:
+class _EpochClosedForm:
     """For the chainable schedulers that torch also gives a closed form.
 
     ``step(epoch)`` uses ``_get_closed_form_lr`` (as torch does), which is the
@@ -312,6 +312,23 @@ class _ClosedForm:
 
     def _get_closed_form_lr(self) -> list:
         return self.lr_at(self.last_epoch)
+
+
+class _ClosedFormSteps:
+    """For the schedulers whose every step is their closed form ``lr_at(last_epoch)``.
+
+    A scheduler that cycles momentum (CyclicLR, OneCycleLR) also sets the
+    momentums here: a side effect of ``get_lr``, as in torch.
+    """
+
+    def get_lr(self) -> list:
+        self._warn_if_called_directly()
+        lrs = self.lr_at(self.last_epoch)
+        if getattr(self, "cycle_momentum", False):
+            momenta = self.momentum_at(self.last_epoch)
+            for group, momentum in zip(self.optimizer.param_groups, momenta, strict=True):
+                _set_momentum(group, momentum, self.use_beta1)
+        return lrs
 
 
 # --------------------------------------------------------------------------
@@ -360,7 +377,7 @@ class _LambdaScheduler(LRScheduler):
                 fn.__dict__.update(fn_state)
 
 
-class LambdaLR(_LambdaScheduler):
+class LambdaLR(_ClosedFormSteps, _LambdaScheduler):
     r"""lr = base_lr · ``lr_lambda(t)``.
 
     Args:
@@ -372,10 +389,6 @@ class LambdaLR(_LambdaScheduler):
 
         >>> sched = LambdaLR(opt, lambda t: 0.95**t)   # same as ExponentialLR(opt, 0.95)
     """
-
-    def get_lr(self) -> list:
-        self._warn_if_called_directly()
-        return self.lr_at(self.last_epoch)
 
     def lr_at(self, step) -> list:
         """The lrs at ``step``: ``base_lr * lr_lambda(step)`` per group."""
@@ -407,7 +420,7 @@ class MultiplicativeLR(_LambdaScheduler):
 # --------------------------------------------------------------------------
 
 
-class StepLR(_ClosedForm, LRScheduler):
+class StepLR(_EpochClosedForm, LRScheduler):
     r"""Multiply the lr by ``gamma`` every ``step_size`` steps.
 
     .. math:: η_t = η_0 \, γ^{⌊t / \text{step\_size}⌋}
@@ -434,7 +447,7 @@ class StepLR(_ClosedForm, LRScheduler):
         return [schedules.step_lr(step, b, self.step_size, self.gamma) for b in self.base_lrs]
 
 
-class MultiStepLR(_ClosedForm, LRScheduler):
+class MultiStepLR(_EpochClosedForm, LRScheduler):
     r"""Multiply the lr by ``gamma`` at each milestone.
 
     .. math:: η_t = η_0 \, γ^{\#\{m ∈ \text{milestones} : m ≤ t\}}
@@ -463,7 +476,7 @@ class MultiStepLR(_ClosedForm, LRScheduler):
         return [schedules.multistep_lr(step, b, milestones, self.gamma) for b in self.base_lrs]
 
 
-class ConstantLR(_ClosedForm, LRScheduler):
+class ConstantLR(_EpochClosedForm, LRScheduler):
     r"""Scale the lr by ``factor`` for the first ``total_iters`` steps.
 
     .. math:: η_t = η_0 \cdot (\text{factor if } t < T \text{ else } 1)
@@ -494,7 +507,7 @@ class ConstantLR(_ClosedForm, LRScheduler):
         return [schedules.constant_lr(step, b, self.factor, self.total_iters) for b in self.base_lrs]
 
 
-class LinearLR(_ClosedForm, LRScheduler):
+class LinearLR(_EpochClosedForm, LRScheduler):
     r"""Scale the lr by a factor going linearly from ``start_factor`` to ``end_factor``.
 
     .. math:: η_t = η_0 \left(f_0 + (f_1 - f_0) \frac{\min(t, T)}{T}\right)
@@ -547,7 +560,7 @@ class LinearLR(_ClosedForm, LRScheduler):
         ]
 
 
-class ExponentialLR(_ClosedForm, LRScheduler):
+class ExponentialLR(_EpochClosedForm, LRScheduler):
     r"""Multiply the lr by ``gamma`` every step: :math:`η_t = η_0 γ^t`.
 
     Args:
@@ -571,7 +584,7 @@ class ExponentialLR(_ClosedForm, LRScheduler):
         return [schedules.exponential_lr(step, b, self.gamma) for b in self.base_lrs]
 
 
-class PolynomialLR(_ClosedForm, LRScheduler):
+class PolynomialLR(_EpochClosedForm, LRScheduler):
     r"""Decay the lr to zero as a polynomial of the remaining fraction of steps.
 
     .. math:: η_t = η_0 \left(1 - \frac{\min(t, T)}{T}\right)^{p}
@@ -600,7 +613,7 @@ class PolynomialLR(_ClosedForm, LRScheduler):
         return [schedules.polynomial_lr(step, b, self.total_iters, self.power) for b in self.base_lrs]
 
 
-class CosineAnnealingLR(_ClosedForm, LRScheduler):
+class CosineAnnealingLR(_EpochClosedForm, LRScheduler):
     r"""Anneal the lr along half a cosine, from base_lr to ``eta_min`` in ``T_max`` steps.
 
     .. math:: η_t = η_{min} + \tfrac12 (η_0 - η_{min}) \left(1 + \cos\frac{π t}{T_{max}}\right)
@@ -758,7 +771,7 @@ def _start_momentum_cycle(optimizer, base_momentum, max_momentum, last_epoch):
     return use_beta1, base_momentums, max_momentums
 
 
-class CyclicLR(LRScheduler):
+class CyclicLR(_ClosedFormSteps, LRScheduler):
     r"""Cyclical learning rate (CLR): a triangle wave between ``base_lr`` and ``max_lr``.
 
     .. math::
@@ -869,17 +882,6 @@ class CyclicLR(LRScheduler):
             for low, high in zip(self.base_momentums, self.max_momentums, strict=True)
         ]
 
-    def get_lr(self) -> list:
-        """The lrs at ``last_epoch``; also sets the cycled momentums (a side effect, as in torch)."""
-        self._warn_if_called_directly()
-        lrs = self.lr_at(self.last_epoch)
-        if self.cycle_momentum:
-            for group, momentum in zip(
-                self.optimizer.param_groups, self.momentum_at(self.last_epoch), strict=True
-            ):
-                _set_momentum(group, momentum, self.use_beta1)
-        return lrs
-
     def state_dict(self) -> dict[str, Any]:
         """As the base class, without the built-in scale function (rebuilt on load).
 
@@ -901,7 +903,7 @@ class CyclicLR(LRScheduler):
         self._init_scale_fn()
 
 
-class OneCycleLR(LRScheduler):
+class OneCycleLR(_ClosedFormSteps, LRScheduler):
     r"""The 1cycle policy: warm up to ``max_lr``, then anneal far below the start.
 
     lr goes ``max_lr/div_factor`` → ``max_lr`` (for ``pct_start`` of the steps)
@@ -998,11 +1000,7 @@ class OneCycleLR(LRScheduler):
         return self.anneal_func(start, end, pct)  # state_dicts from torch < 2.2
 
     def _values_at(self, step, kind) -> list:
-        if step > self.total_steps:
-            raise ValueError(
-                f"Tried to step {step} times. The specified number of total steps is "
-                f"{self.total_steps}"
-            )
+        schedules.check_one_cycle_step(step, self.total_steps)
         return [
             schedules.one_cycle_value(step, self._schedule_phases, group, self._anneal, kind)
             for group in self.optimizer.param_groups
@@ -1016,19 +1014,8 @@ class OneCycleLR(LRScheduler):
         """The momentums (or beta1s) at ``step``."""
         return self._values_at(step, "momentum")
 
-    def get_lr(self) -> list:
-        """The lrs at ``last_epoch``; also sets the cycled momentums (a side effect, as in torch)."""
-        self._warn_if_called_directly()
-        lrs = self.lr_at(self.last_epoch)
-        if self.cycle_momentum:
-            for group, momentum in zip(
-                self.optimizer.param_groups, self.momentum_at(self.last_epoch), strict=True
-            ):
-                _set_momentum(group, momentum, self.use_beta1)
-        return lrs
 
-
-class WarmupDecayLR(LRScheduler):
+class WarmupDecayLR(_ClosedFormSteps, LRScheduler):
     r"""Linear warmup, then cosine, linear or no decay -- in one scheduler.
 
     The most common schedule for training transformers, which torch builds
@@ -1095,10 +1082,6 @@ class WarmupDecayLR(LRScheduler):
             )
             for b in self.base_lrs
         ]
-
-    def get_lr(self) -> list:
-        self._warn_if_called_directly()
-        return self.lr_at(self.last_epoch)
 
 
 # --------------------------------------------------------------------------

@@ -60,6 +60,7 @@ __all__ = [
     "ANNEALERS",
     "one_cycle_phases",
     "one_cycle_value",
+    "check_one_cycle_step",
     "one_cycle_lr",
     "one_cycle_momentum",
     "warmup_decay_lr",
@@ -299,11 +300,18 @@ def one_cycle_value(t, phases, values, anneal, kind="lr"):
     raise ValueError("one_cycle_value needs at least one phase")
 
 
-def _check_one_cycle_step(t, total_steps):
+def check_one_cycle_step(t, total_steps) -> None:
+    """OneCycleLR is defined for ``t ≤ total_steps`` only (torch raises ValueError past it)."""
     if t > total_steps:
         raise ValueError(
             f"Tried to step {t} times. The specified number of total steps is {total_steps}"
         )
+
+
+def _one_cycle(t, values, kind, total_steps, pct_start, anneal_strategy, three_phase):
+    check_one_cycle_step(t, total_steps)
+    phases = one_cycle_phases(total_steps, pct_start, three_phase)
+    return one_cycle_value(t, phases, values, ANNEALERS[anneal_strategy], kind)
 
 
 def one_cycle_lr(
@@ -317,11 +325,9 @@ def one_cycle_lr(
     three_phase=False,
 ):
     """The lr of OneCycleLR: ``max_lr/div_factor`` → ``max_lr`` → ``initial/final_div_factor``."""
-    _check_one_cycle_step(t, total_steps)
     initial_lr = max_lr / div_factor
     values = {"initial_lr": initial_lr, "max_lr": max_lr, "min_lr": initial_lr / final_div_factor}
-    phases = one_cycle_phases(total_steps, pct_start, three_phase)
-    return one_cycle_value(t, phases, values, ANNEALERS[anneal_strategy])
+    return _one_cycle(t, values, "lr", total_steps, pct_start, anneal_strategy, three_phase)
 
 
 def one_cycle_momentum(
@@ -334,10 +340,8 @@ def one_cycle_momentum(
     three_phase=False,
 ):
     """The momentum of OneCycleLR: moves opposite to the lr, ``max`` → ``base`` → ``max``."""
-    _check_one_cycle_step(t, total_steps)
     values = {"base_momentum": base_momentum, "max_momentum": max_momentum}
-    phases = one_cycle_phases(total_steps, pct_start, three_phase)
-    return one_cycle_value(t, phases, values, ANNEALERS[anneal_strategy], kind="momentum")
+    return _one_cycle(t, values, "momentum", total_steps, pct_start, anneal_strategy, three_phase)
 
 
 # --------------------------------------------------------------------------
