@@ -256,7 +256,8 @@ def draw(series, path, *, width, height, dpi, title=None, log_y=False) -> None:
     lr_ax.set_ylabel("learning rate")
     if log_y:
         lr_ax.set_yscale("log")
-    lr_ax.legend(fontsize="small")
+    # Below the axes, so that no curve hides behind it.
+    fig.legend(loc="outside lower center", ncols=min(len(series), 2), fontsize="small", frameon=False)
     (momentum_ax or lr_ax).set_xlabel("step")
     if momentum_ax is not None:
         momentum_ax.set_ylabel("momentum / β₁")
