@@ -405,6 +405,11 @@ class Optimizer(torch.optim.Optimizer):
         for key in ("state", "param_groups"):
             if key not in state_dict:
                 raise KeyError(f"loaded state dict is missing the key {key!r}")
+        if not isinstance(state_dict["state"], dict) or not isinstance(state_dict["param_groups"], (list, tuple)):
+            raise TypeError("loaded state dict must hold a dict under 'state' and a list of dicts under 'param_groups'")
+        for index, saved in enumerate(state_dict["param_groups"]):
+            if not isinstance(saved, dict) or "params" not in saved:
+                raise ValueError(f"loaded state dict's param_groups[{index}] is not a dict with a 'params' list")
 
         groups = self.param_groups
         saved_groups = deepcopy(state_dict["param_groups"])
@@ -412,6 +417,7 @@ class Optimizer(torch.optim.Optimizer):
             raise ValueError("loaded state dict has a different number of parameter groups")
         if any(len(g["params"]) != len(s["params"]) for g, s in zip(groups, saved_groups)):
             raise ValueError("loaded state dict contains a parameter group that doesn't match the size of optimizer's group")
+        self._check_loaded_groups(saved_groups)
 
         saved_ids = list(chain.from_iterable(g["params"] for g in saved_groups))
         params = list(chain.from_iterable(g["params"] for g in groups))
@@ -429,6 +435,7 @@ class Optimizer(torch.optim.Optimizer):
             else:
                 state[key] = value
         self._check_loaded_state(state)
+        self._check_loaded_state_keys(state_dict["state"], group_of)
 
         new_groups = []
         for group, saved in zip(groups, saved_groups):
@@ -448,8 +455,10 @@ class Optimizer(torch.optim.Optimizer):
     def _check_loaded_state(self, state: dict) -> None:
         """Reject loaded state whose element-wise buffers do not fit their parameter."""
         for param, entry in state.items():
-            if not isinstance(param, torch.Tensor) or not isinstance(entry, dict):
+            if not isinstance(param, torch.Tensor):
                 continue
+            if not isinstance(entry, dict):
+                raise ValueError(f"loaded state of a parameter must be a dict, but got {type(entry).__name__}")
             for name in self._per_element_state:
                 value = entry.get(name)
                 if isinstance(value, torch.Tensor) and value.shape != param.shape:
@@ -457,6 +466,54 @@ class Optimizer(torch.optim.Optimizer):
                         f"loaded state {name!r} has shape {tuple(value.shape)}, "
                         f"but its parameter has shape {tuple(param.shape)}"
                     )
+
+    # Options that torch added after 1.0.  Checkpoints of older versions lack
+    # them and the algorithms' ``__setstate__`` fill them in (as torch's do), so
+    # a loaded group need not have them; every other option must be there.
+    _backfilled_options = frozenset(
+        {"amsgrad", "capturable", "centered", "decoupled_weight_decay", "differentiable", "foreach", "fused",
+         "maximize", "momentum", "nesterov"}
+    )
+
+    def _check_loaded_groups(self, saved_groups: list[dict]) -> None:
+        """Reject loaded groups that lack an option this class needs (another class's state_dict)."""
+        needed = [name for name in self.defaults if name not in self._backfilled_options]
+        for index, saved in enumerate(saved_groups):
+            missing = [name for name in needed if name not in saved]
+            if missing:
+                raise ValueError(
+                    f"loaded state dict's param_groups[{index}] has no {', '.join(map(repr, missing))}, which "
+                    f"{type(self).__name__} needs: is it the state_dict of another optimizer class?"
+                )
+
+    def _check_loaded_state_keys(self, saved_state: dict, group_of: dict) -> None:
+        """Reject a non-empty state entry that lacks what this class's first step creates.
+
+        The keys are asked of the algorithm's ``_init_state`` (when it has
+        one), once per group, on a one-element stand-in parameter: nothing of
+        the real parameters' size is allocated.
+        """
+        init_state = getattr(self, "_init_state", None)
+        if init_state is None:
+            return
+        needed: dict[int, frozenset] = {}
+        for key, entry in saved_state.items():
+            if key not in group_of or not isinstance(entry, dict) or not entry:
+                continue
+            group = group_of[key]
+            if id(group) not in needed:
+                stand_in = torch.zeros(1)
+                stand_in.grad = torch.zeros(1)
+                try:
+                    needed[id(group)] = frozenset(init_state(stand_in, {**self.defaults, **group}))
+                except Exception:  # an algorithm that cannot tell: check nothing
+                    needed[id(group)] = frozenset()
+            missing = sorted(needed[id(group)] - set(entry))
+            if missing:
+                raise ValueError(
+                    f"loaded state of parameter {key!r} has no {', '.join(map(repr, missing))}, which {type(self).__name__} "
+                    "keeps for every parameter it has stepped: is it the state_dict of another optimizer class?"
+                )
 
     # ------------------------------------------------------------------ step
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
