@@ -4,6 +4,7 @@
 """
 
 from .algorithms.adadelta import Adadelta
+from .algorithms.adafactor import Adafactor
 from .algorithms.adagrad import Adagrad
 from .algorithms.adam import Adam, AdamW
 from .algorithms.adamax import Adamax
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ASGD",
     "Adadelta",
+    "Adafactor",
     "Adagrad",
     "Adam",
     "AdamW",

@@ -41,3 +41,16 @@ def check_fused_flags(*, fused, foreach, differentiable) -> None:
             raise RuntimeError("`fused` does not support `differentiable`")
         if foreach:
             raise RuntimeError("`fused` and `foreach` cannot be `True` together.")
+
+
+def check_at_least(what: str, value, bound=0) -> None:
+    """``<what> should be >= <bound> but is: v`` (the wording of torch's newer optimizers, Adafactor and Muon)."""
+    if not bound <= value:
+        raise ValueError(f"{what} should be >= {bound} but is: {value}")
+
+
+def check_lr_at_least_zero(lr) -> None:
+    """A tensor lr must have one element; lr >= 0, in Adafactor's and Muon's wording."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    check_at_least("Learning rate", lr)
