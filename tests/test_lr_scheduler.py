@@ -772,10 +772,15 @@ def _warmup_cosine(ns, inner, opt):
     return ns.SequentialLR(opt, [inner.LinearLR(opt, 0.1, total_iters=5), inner.CosineAnnealingLR(opt, 20)], [5])
 
 
+def _chained(ns, inner, opt):
+    return ns.ChainedScheduler([inner.ConstantLR(opt, 0.2, 4), inner.CosineAnnealingLR(opt, 20)])
+
+
+@pytest.mark.parametrize("combine", [_warmup_cosine, _chained], ids=["SequentialLR", "ChainedScheduler"])
 @pytest.mark.parametrize("outer, inner", [(OURS, TORCH), (TORCH, OURS)], ids=["ours-of-torch", "torch-of-ours"])
-def test_sequential_lr_mixes_libraries(outer, inner):
+def test_combinations_mix_libraries(combine, outer, inner):
     ref_opt, opt = make_optimizer("sgd"), make_optimizer("sgd")
-    ref, sched = _warmup_cosine(TORCH, TORCH, ref_opt), _warmup_cosine(outer, inner, opt)
+    ref, sched = combine(TORCH, TORCH, ref_opt), combine(outer, inner, opt)
     for i in range(30):
         for o, s in ((ref_opt, ref), (opt, sched)):
             o.step()
