@@ -83,19 +83,21 @@ def test_eta_and_mu_follow_their_schedules():
         assert state["mu"].item() == torch.tensor(1 / max(1, t - t0)).item()
 
 
-def test_float64_eta_is_rounded_through_the_default_dtype_like_torch():
-    """After loading into float64 params, η is float64 but each new value passes through a float32 tensor."""
-    trial = run_exact("ASGD", {"lr": 0.1, "lambd": 0.3, "foreach": False}, torch.float64, steps=2, complex_param=False)
+def test_float64_eta_and_mu_are_rounded_through_the_default_dtype_like_torch():
+    """After loading into float64 params, η and μ are float64, yet each new value passes through a float32 tensor."""
+    kwargs = {"lr": 0.1, "lambd": 0.3, "t0": 1, "foreach": False}
+    trial = run_exact("ASGD", kwargs, torch.float64, steps=2, complex_param=False)
     saved = trial.theirs.state_dict()
     trial.ours.load_state_dict(copy.deepcopy(saved))
     trial.theirs.load_state_dict(saved)
-    for i in range(2, 6):
+    for i in range(2, 7):  # t = 6 for the first parameter (it skips one step): μ = 1/5
         trial.step(i)
         assert_same_optimizer(trial.ours, trial.theirs, EXACT, f"step {i}")
     state = trial.ours.state[Trial.flat(trial.ours)[0]]  # group 0: lr = 0.1
     t = state["step"].item()
-    assert state["eta"].dtype == torch.float64
+    assert state["eta"].dtype == state["mu"].dtype == torch.float64
     assert state["eta"].item() == torch.tensor(0.1 / (1 + 0.3 * 0.1 * t) ** 0.75, dtype=torch.float32).item()
+    assert state["mu"].item() == torch.tensor(1 / (t - 1), dtype=torch.float32).item() != 1 / (t - 1)
 
 
 def test_float64_default_dtype_like_torch():
