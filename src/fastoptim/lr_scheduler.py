@@ -26,11 +26,14 @@ The constructor records each group's starting lr as ``group["initial_lr"]``
 Schedulers come in two kinds, and torch's choice is kept for each:
 
 * **closed form** -- ``lr = f(t, base_lr)``: LambdaLR, CyclicLR, OneCycleLR,
-  CosineAnnealingWarmRestarts, SWALR(\*), WarmupDecayLR;
+  CosineAnnealingWarmRestarts, WarmupDecayLR;
 * **chainable** -- ``lr = group["lr"] · f(t)/f(t-1)``: MultiplicativeLR, StepLR,
   MultiStepLR, ConstantLR, LinearLR, ExponentialLR, PolynomialLR,
   CosineAnnealingLR.  Only these compose in :class:`ChainedScheduler`, since
   each multiplies whatever lr the others left.
+
+(SWALR, in :mod:`fastoptim.swa_utils`, is in between: each step it recovers the
+lr it started annealing from out of the current lr, then interpolates.)
 
 .. note::
     Our classes subclass torch's (``LRScheduler`` and ``ReduceLROnPlateau``),
