@@ -2,20 +2,74 @@
 
 This is the only place that decides *how* an update runs.  Algorithms never
 branch on ``foreach``/``fused``/``capturable``: those flags are accepted for
-compatibility and read here.  The reference rule is always correct; a kernel
-is used only when the capability table says it covers the case exactly.
+compatibility and read here (through the options the optimizer hands its
+reference rule).  The reference rule is always correct; a kernel is used only
+when the capability table (:mod:`fastoptim.kernels.capabilities`) says it
+covers the case exactly, and then only for the parameters it covers -- the
+others of the same group take the reference rule.
+
+The backend can be forced, for tests, debugging and benchmarks:
+
+``FASTOPTIM_BACKEND=reference`` (environment) or ``with use_backend("reference"):``
+    every update runs the reference rule;
+``FASTOPTIM_BACKEND=numba`` / ``use_backend("numba")``
+    strict: an update that the kernels do not cover raises ``RuntimeError``
+    (with the reason) instead of falling back;
+``auto`` (the default)
+    kernels where they cover the case, the reference rule elsewhere.
+
+:func:`backend_for` and :func:`explain` say which backend each group would
+use, without stepping.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import importlib
+import os
+from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import Tensor
 
+from .capabilities import Capability, capability_of, group_reason
 
-def run_reference(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
+__all__ = ["BACKENDS", "backend_for", "explain", "requested_backend", "run_reference", "update_group", "use_backend"]
+
+#: what ``FASTOPTIM_BACKEND`` / :func:`use_backend` accept
+BACKENDS = ("auto", "reference", "numba")
+KERNEL = "numba"
+REFERENCE = "reference"
+
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastoptim_backend", default=None)
+
+
+def requested_backend() -> str:
+    """The backend asked for: :func:`use_backend` if active, else ``$FASTOPTIM_BACKEND``, else ``auto``."""
+    name = _forced.get() or os.environ.get("FASTOPTIM_BACKEND") or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"FASTOPTIM_BACKEND must be one of {BACKENDS}, not {name!r}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Force a backend (``"auto"``, ``"reference"`` or ``"numba"``) inside the ``with`` block."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {name!r}")
+    token = _forced.set(name)
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+def run_reference(optimizer: Any, group: dict[str, Any], params: list[Tensor], options: dict | None = None) -> None:
     """Apply the algorithm's reference rule to each parameter, one at a time."""
-    options = optimizer._rule_options(group)
+    if options is None:
+        options = optimizer._rule_options(group)
     rule = type(optimizer).rule
     state = optimizer.state
     for p in params:
@@ -27,6 +81,93 @@ def run_reference(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -
             state[p] = entry
 
 
+_modules: dict[str, Any] = {}
+_import_errors: dict[str, str] = {}
+
+
+def _kernel_module(cap: Capability) -> Any | None:
+    """The kernel module (importing numba on first use); None if it cannot be imported."""
+    module = _modules.get(cap.module)
+    if module is None and cap.module not in _import_errors:
+        try:
+            module = _modules[cap.module] = importlib.import_module(cap.module)
+        except ImportError as exc:  # numba missing or broken: the reference rule still works
+            _import_errors[cap.module] = f"kernel unavailable ({exc})"
+    return module
+
+
+def _group_plan(optimizer: Any, options: dict) -> tuple[Any | None, str | None]:
+    """The kernel module for this group, or the reason there is none."""
+    rule = getattr(type(optimizer), "rule", None)
+    cap = capability_of(rule)
+    if cap is None:
+        return None, f"no kernel for {getattr(rule, '__qualname__', type(optimizer).__name__)}"
+    reason = group_reason(cap, options)
+    if reason is not None:
+        return None, reason
+    if torch.compiler.is_compiling():
+        return None, "torch.compile is tracing the step"
+    module = _kernel_module(cap)
+    if module is None:
+        return None, _import_errors[cap.module]
+    return module, None
+
+
 def update_group(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
     """Update ``params`` (all with gradients, all with initialised state) of one group."""
-    run_reference(optimizer, group, params)
+    requested = requested_backend()
+    options = optimizer._rule_options(group)
+    if requested == REFERENCE:
+        run_reference(optimizer, group, params, options)
+        return
+    module, reason = _group_plan(optimizer, options)
+    if module is None:
+        if requested == KERNEL:
+            raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {type(optimizer).__name__} falls back: {reason}")
+        run_reference(optimizer, group, params, options)
+        return
+    if requested == KERNEL:
+        dry = module.gather_(params, optimizer.state, options, dry_run=True)
+        if dry.rest:
+            raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {len(dry.rest)} parameter(s) fall back: {dry.reasons[0]}")
+    gathered = module.gather_(params, optimizer.state, options)
+    module.run_(gathered, options)
+    if gathered.rest:
+        run_reference(optimizer, group, gathered.rest, options)
+
+
+def explain(optimizer: Any) -> list[dict[str, Any]]:
+    """Per group: the backend its next step would use, and why parameters fall back.
+
+    Each entry is ``{"backend": "numba" | "reference" | "mixed", "kernel": n,
+    "reference": m, "reasons": [...]}``, counting the parameters that have a
+    gradient now (all of the group's parameters when none has one).
+    """
+    requested = requested_backend()
+    out = []
+    for group in optimizer.param_groups:
+        params = [p for p in group["params"] if p.grad is not None] or list(group["params"])
+        options = optimizer._rule_options(group)
+        if requested == REFERENCE:
+            out.append({"backend": REFERENCE, "kernel": 0, "reference": len(params), "reasons": ["backend forced"]})
+            continue
+        module, reason = _group_plan(optimizer, options)
+        if module is None:
+            out.append({"backend": REFERENCE, "kernel": 0, "reference": len(params), "reasons": [reason]})
+            continue
+        dry = module.gather_(params, optimizer.state, options, dry_run=True)
+        n_ref = len(dry.rest)
+        n_kernel = len(params) - n_ref
+        backend = KERNEL if n_ref == 0 else REFERENCE if n_kernel == 0 else "mixed"
+        out.append({"backend": backend, "kernel": n_kernel, "reference": n_ref, "reasons": sorted(set(dry.reasons))})
+    return out
+
+
+def backend_for(optimizer: Any, group: int | dict | None = None) -> str:
+    """``"numba"``, ``"reference"`` or ``"mixed"``: the backend of one group (index or dict), or of all groups."""
+    plans = explain(optimizer)
+    if group is not None:
+        index = group if isinstance(group, int) else next(i for i, g in enumerate(optimizer.param_groups) if g is group)
+        return plans[index]["backend"]
+    backends = {p["backend"] for p in plans}
+    return backends.pop() if len(backends) == 1 else "mixed"

@@ -1,0 +1,92 @@
+"""The capability table: which fast kernel reproduces which reference rule, and when.
+
+A kernel is used for a parameter only when *everything* below holds; anything
+else runs the reference rule, so correctness never depends on the kernel path.
+
+Per group (checked on the options the optimizer hands its reference rule):
+
+* the optimizer's ``rule`` *is* the reference function named in the table (a
+  subclass with its own rule never gets the kernel);
+* no option has a value listed in ``excludes`` (``differentiable=True``
+  everywhere; ``capturable=True`` where the reference's capturable branch does
+  different arithmetic);
+* an option given as a tensor is named in ``tensor_options`` and is a plain
+  1-element tensor that does not require grad (it is read once per step, as
+  torch's own fused kernels read a tensor lr);
+* ``torch.compile`` is not tracing the step (the kernel cannot be traced).
+
+Per parameter (see :func:`fastoptim.kernels.cpu._launch.why_not`):
+
+* a CPU, strided, float32 / float64 / bfloat16 tensor (not a subclass such as
+  DTensor); complex parameters fall back;
+* a dense gradient of the same dtype; every state buffer of the same dtype;
+  parameter, gradient and buffers all contiguous, or all dense with the same
+  strides (a transposed weight qualifies);
+* 0-dim state (``step``, ``mu_product``, ``eta``, ``mu``) a float32/float64 CPU tensor;
+* no parameter listed twice in the group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Capability:
+    """One row of the table."""
+
+    algorithm: str
+    #: ``module.qualname`` of the reference rule the kernel reproduces
+    reference: str
+    #: the kernel module, imported on first use
+    module: str
+    #: ``(option, value)`` pairs that send the group to the reference rule
+    excludes: tuple[tuple[str, object], ...] = (("differentiable", True),)
+    #: options that may be 1-element tensors
+    tensor_options: tuple[str, ...] = ("lr",)
+    #: what the kernel covers, in words (docs/kernels.md repeats it)
+    covers: str = ""
+
+
+_CAPTURABLE = (("differentiable", True), ("capturable", True))
+
+TABLE: tuple[Capability, ...] = (
+    Capability(
+        "SGD",
+        "fastoptim.algorithms.sgd.sgd_reference",
+        "fastoptim.kernels.cpu.sgd",
+        tensor_options=("lr", "weight_decay"),
+        covers="momentum (first step initialises the buffer), dampening, nesterov, weight decay, maximize",
+    ),
+    Capability(
+        "Adam / AdamW",
+        "fastoptim.algorithms.adam.adam_reference",
+        "fastoptim.kernels.cpu.adam",
+        excludes=_CAPTURABLE,
+        covers="amsgrad, L2 or decoupled weight decay, maximize, per-tensor steps",
+    ),
+)
+
+_BY_REFERENCE = {cap.reference: cap for cap in TABLE}
+
+
+def capability_of(rule: object) -> Capability | None:
+    """The table row whose reference rule is ``rule`` (None: no kernel)."""
+    name = f"{getattr(rule, '__module__', '')}.{getattr(rule, '__qualname__', '')}"
+    return _BY_REFERENCE.get(name)
+
+
+def group_reason(cap: Capability, options: dict) -> str | None:
+    """Why the group's options rule the kernel out (None: they do not)."""
+    for key, value in cap.excludes:
+        if options.get(key) == value:
+            return f"{key}={value!r}"
+    for key, value in options.items():
+        if isinstance(value, torch.Tensor):
+            if key not in cap.tensor_options:
+                return f"{key} given as a tensor"
+            if value.requires_grad or value.numel() != 1:
+                return f"{key} is a tensor that requires grad or has more than one element"
+    return None

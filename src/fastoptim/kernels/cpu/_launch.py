@@ -1,0 +1,468 @@
+"""The multi-tensor machinery every CPU kernel shares, written once.
+
+A group's tensors are never copied or concatenated.  Python gathers, per
+parameter, the addresses of the parameter, its gradient, its state buffers and
+its ``step`` counter into one small ``int64`` *table* (one row per parameter).
+One numba launch then updates every tensor of the group:
+
+* :func:`bump_steps` adds 1 to each ``step`` tensor in place (as ``step += 1``
+  does in the reference rules) and returns the new values, so per-tensor
+  scalars (bias corrections) follow each tensor's own step;
+* :func:`plan` cuts the group's elements into chunks of about ``grain``
+  elements -- small tensors are packed together, big ones split -- so that
+  numba's static ``prange`` schedule gives every thread the same work;
+* :func:`column` views a slice of one tensor (from its address) as a numpy
+  array; :func:`load` / :func:`store` / :func:`scalar` read, write and convert
+  in the compute precision (float32 for float32 and bfloat16 storage, float64
+  for float64), so one kernel body serves every dtype.
+
+Python side, :func:`gather` checks that each parameter is one a kernel covers
+exactly (see :func:`why_not`) and builds the tables; :func:`launch` picks the
+thread count (``torch.get_num_threads()``), runs the kernel and bumps the
+autograd version counters of everything it wrote, as torch's in-place ops do.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+from numba import types
+from numba.core import cgutils
+from llvmlite import ir as llvm_ir
+from numba.extending import intrinsic, overload
+from torch import Tensor
+
+from . import _cache
+
+# ----------------------------------------------------------------------------- flags
+
+#: fastmath flags of every kernel.  Not numba's ``fastmath=True``: 'nnan' and
+#: 'ninf' would let LLVM assume that no NaN or inf occurs, while torch
+#: propagates them (a NaN gradient must give a NaN parameter, amsgrad's max must
+#: keep a NaN).  What the remaining flags buy was measured (docs/kernels.md).
+FASTMATH = frozenset({"contract", "nsz", "arcp", "afn", "reassoc"})
+
+
+def kernel(fn: Callable) -> Any:
+    """Compile ``fn`` as a parallel, cached CPU kernel (the one decorator all kernels use)."""
+    dispatcher = numba.njit(parallel=True, fastmath=set(FASTMATH), nogil=True, error_model="numpy")(fn)
+    _cache.enable_cache(dispatcher)
+    return dispatcher
+
+
+def helper(fn: Callable) -> Any:
+    """Compile a scalar helper *without* fastmath: per-tensor scalars follow Python's float64 arithmetic.
+
+    A kernel calls it as a separate function; LLVM may inline it, but the
+    fast-math flags stay on the kernel's own instructions.
+    """
+    return numba.njit(nogil=True, error_model="numpy")(fn)
+
+
+# ----------------------------------------------------------------------------- table layout
+
+#: fixed columns of a table row; then two per scalar state (address, is-float64), one per buffer
+NUMEL, FLAG, PARAM, GRAD = range(4)
+
+
+def columns(scalars: Sequence[str] = (), buffers: Sequence[str] = ()) -> dict[str, int]:
+    """Column of each named scalar state (its address; the dtype flag follows) and state buffer."""
+    where: dict[str, int] = {}
+    col = 4
+    for name in scalars:
+        where[name] = col
+        col += 2
+    for name in buffers:
+        where[name] = col
+        col += 1
+    return where
+
+
+# ----------------------------------------------------------------------------- numba side
+
+
+@intrinsic
+def _as_pointer(typingctx, address):
+    """An integer address as a ``void*`` (for :func:`numba.carray`)."""
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def column(table, t, col, lo, n, witness):
+    """Elements ``lo .. lo+n`` of the tensor whose address is ``table[t, col]``."""
+    return numba.carray(_as_pointer(table[t, col] + lo * witness.itemsize), (n,), witness.dtype)
+
+
+@helper
+def get_scalar(table, t, col):
+    """The 0-dim state tensor at ``table[t, col]`` (float32 or float64) as float64."""
+    if table[t, col + 1]:
+        return numba.carray(_as_pointer(table[t, col]), (1,), np.float64)[0]
+    return np.float64(numba.carray(_as_pointer(table[t, col]), (1,), np.float32)[0])
+
+
+@helper
+def in_scalar_dtype(table, t, col, value):
+    """``value`` rounded to the dtype of the 0-dim state tensor at ``table[t, col]``."""
+    if table[t, col + 1]:
+        return value
+    return np.float64(np.float32(value))
+
+
+@helper
+def set_scalar(table, t, col, value):
+    """Write ``value`` into the 0-dim state tensor at ``table[t, col]`` (rounded to its dtype)."""
+    if table[t, col + 1]:
+        numba.carray(_as_pointer(table[t, col]), (1,), np.float64)[0] = value
+    else:
+        numba.carray(_as_pointer(table[t, col]), (1,), np.float32)[0] = np.float32(value)
+
+
+@helper
+def bump_steps(table, col):
+    """``step += 1`` for every tensor (as ``step_t += 1`` on the counter's dtype); the new values as float64.
+
+    Adding 1 in float64 and rounding once to float32 gives the float32 sum bit for bit.
+    """
+    count = table.shape[0]
+    out = np.empty(count, np.float64)
+    for t in range(count):
+        step = in_scalar_dtype(table, t, col, get_scalar(table, t, col) + 1.0)
+        set_scalar(table, t, col, step)
+        out[t] = step
+    return out
+
+
+@numba.njit(inline="always")
+def plan(table, grain):
+    """Chunks of about ``grain`` elements: returns ``(segments, starts)``.
+
+    ``segments[s] = (t, lo, n)``: elements ``lo .. lo+n`` of tensor ``t``;
+    chunk ``c`` is ``segments[starts[c] : starts[c+1]]``.  Small tensors share
+    a chunk; a big tensor is split at multiples of 64 elements (whole cache lines).
+    """
+    count = table.shape[0]
+    capacity = count + 1
+    for t in range(count):
+        capacity += table[t, NUMEL] // grain + 1
+    segments = np.empty((capacity, 3), np.int64)
+    starts = np.empty(capacity + 1, np.int64)
+    nseg = 0
+    nchunk = 0
+    room = grain
+    starts[0] = 0
+    for t in range(count):
+        n = table[t, NUMEL]
+        lo = 0
+        while lo < n:
+            take = n - lo
+            if take > room:
+                take = min(max((room // 64) * 64, 64), take)
+            segments[nseg, 0] = t
+            segments[nseg, 1] = lo
+            segments[nseg, 2] = take
+            nseg += 1
+            lo += take
+            room -= take
+            if room <= 0:
+                nchunk += 1
+                starts[nchunk] = nseg
+                room = grain
+    if room < grain:
+        nchunk += 1
+        starts[nchunk] = nseg
+    return segments, starts[: nchunk + 1]
+
+
+@intrinsic
+def _f32_from_bits(typingctx, bits):
+    sig = types.float32(types.uint32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.FloatType())
+
+    return sig, codegen
+
+
+@intrinsic
+def _bits_from_f32(typingctx, value):
+    sig = types.uint32(types.float32)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], llvm_ir.IntType(32))
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def _bf16_bits(value):
+    """float32 -> bfloat16 bits, rounding to nearest even; NaN -> 0x7FC0 (c10::BFloat16's rule)."""
+    bits = _bits_from_f32(value)
+    rounded = np.uint16((bits + ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)) >> np.uint32(16))
+    return np.uint16(0x7FC0) if value != value else rounded
+
+
+@numba.njit(inline="always")
+def _bf16_value(bits):
+    return _f32_from_bits(np.uint32(bits) << np.uint32(16))
+
+
+def load(array, i):
+    """``array[i]`` in the compute precision (bfloat16, stored as uint16, widens to float32)."""
+
+
+def store(array, i, value):
+    """``array[i] = value``, rounding to bfloat16 (to nearest even, as torch) for uint16 storage."""
+
+
+def scalar(value, witness):
+    """A float64 hyper-parameter in the compute precision of ``witness``'s storage."""
+
+
+def rounded(value, witness):
+    """``value`` rounded to the storage precision: where the reference materialises a tensor.
+
+    The identity for float32 and float64; for bfloat16 it reproduces the
+    rounding of each intermediate bfloat16 tensor of the reference rule.
+    """
+
+
+@overload(load, inline="always")
+def _load(array, i):
+    if array.dtype == types.uint16:
+        return lambda array, i: _bf16_value(array[i])
+    return lambda array, i: array[i]
+
+
+@overload(store, inline="always")
+def _store(array, i, value):
+    if array.dtype == types.uint16:
+
+        def store_bf16(array, i, value):
+            array[i] = _bf16_bits(np.float32(value))
+
+        return store_bf16
+
+    def store_float(array, i, value):
+        array[i] = value
+
+    return store_float
+
+
+@overload(scalar, inline="always")
+def _scalar(value, witness):
+    if witness.dtype == types.float64:
+        return lambda value, witness: np.float64(value)
+    return lambda value, witness: np.float32(value)
+
+
+@overload(rounded, inline="always")
+def _rounded(value, witness):
+    if witness.dtype == types.uint16:
+        return lambda value, witness: _bf16_value(_bf16_bits(np.float32(value)))
+    return lambda value, witness: value
+
+
+# ----------------------------------------------------------------------------- Python side
+
+_PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+#: parameter dtype -> the numpy dtype its elements are stored as (bfloat16 as raw uint16)
+STORAGE = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.uint16}
+_WITNESS = {dtype: np.empty(0, storage) for dtype, storage in STORAGE.items()}
+_SCALAR_DTYPES = {torch.float32: 0, torch.float64: 1}
+
+#: elements per chunk: 256 KiB of each float32 array (well inside L2); about
+#: 5 µs of work per chunk, so tensors and threads are balanced
+GRAIN = 1 << 16
+
+
+def _dense_strides(t: Tensor) -> tuple[int, ...] | None:
+    """The strides of a non-overlapping, dense tensor (size-1 dims ignored); None otherwise."""
+    dims = sorted((st, sz) for sz, st in zip(t.shape, t.stride()) if sz != 1)
+    expected = 1
+    for st, sz in dims:
+        if st != expected:
+            return None
+        expected *= sz
+    return tuple(st for sz, st in zip(t.shape, t.stride()) if sz != 1)
+
+
+def _same_layout(p: Tensor, others: Sequence[Tensor]) -> bool:
+    """p and every other tensor hold their elements in the same order in one dense block."""
+    if p.is_contiguous():
+        for t in others:
+            if not t.is_contiguous():
+                return False
+        return True
+    layout = _dense_strides(p)
+    if layout is None:
+        return False
+    for t in others:
+        if t.shape != p.shape or _dense_strides(t) != layout:
+            return False
+    return True
+
+
+def why_not(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Sequence[Any] = ()) -> str | None:
+    """Why a kernel cannot update this parameter exactly as the reference rule does (None: it can)."""
+    dtype = p.dtype
+    if dtype not in STORAGE:
+        return f"dtype {dtype}"
+    if type(p) not in _PLAIN_TYPES:
+        return f"tensor subclass {type(p).__name__}"
+    if not p.is_cpu:
+        return f"device {p.device}"
+    if p.layout is not torch.strided:
+        return f"layout {p.layout}"
+    if grad is None:
+        return "no gradient"
+    if type(grad) not in _PLAIN_TYPES or grad.layout is not torch.strided or not grad.is_cpu:
+        return "sparse, subclass or non-CPU gradient"
+    if grad.dtype is not dtype:
+        return f"gradient dtype {grad.dtype} differs from parameter dtype {dtype}"
+    for b in buffers:
+        if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or b.layout is not torch.strided:
+            return "a state buffer of another dtype, device or layout"
+        if b.requires_grad:
+            return "a state buffer requires grad"
+    for s in scalars:
+        if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu:
+            return "a scalar state (step, ...) is not a float32/float64 CPU tensor"
+        if s.numel() != 1 or s.requires_grad:
+            return "a scalar state (step, ...) is not a plain 1-element tensor"
+    if not _same_layout(p, (grad, *buffers)):
+        return "non-dense layout, or state/gradient strided differently from the parameter"
+    return None
+
+
+class Batch:
+    """The parameters of one dtype, ready for one launch."""
+
+    __slots__ = ("dtype", "rows", "written", "numel")
+
+    def __init__(self, dtype: torch.dtype) -> None:
+        self.dtype = dtype
+        self.rows: list[list[int]] = []
+        self.written: list[Tensor] = []
+        self.numel = 0
+
+    def table(self) -> np.ndarray:
+        return np.array(self.rows, dtype=np.int64)
+
+    @property
+    def witness(self) -> np.ndarray:
+        return _WITNESS[self.dtype]
+
+
+class Gathered:
+    """What :func:`gather` found: batches for the kernel, the rest for the reference rule."""
+
+    __slots__ = ("batches", "rest", "reasons")
+
+    def __init__(self) -> None:
+        self.batches: dict[torch.dtype, Batch] = {}
+        self.rest: list[Tensor] = []
+        self.reasons: list[str] = []
+
+
+def gather(
+    params: Sequence[Tensor],
+    state: Any,
+    *,
+    scalars: Sequence[str] = (),
+    buffers: Sequence[str] = (),
+    flag: Callable[[Tensor, dict], int] | None = None,
+    dry_run: bool = False,
+) -> Gathered:
+    """Sort ``params`` into kernel batches (one per dtype) and those left to the reference rule.
+
+    Each row holds the addresses laid out by :func:`columns`: ``scalars``
+    names the 0-dim state tensors (``step``, ...) and ``buffers`` the
+    per-element state tensors, in column order.  ``flag(param, state_entry)``
+    fills the row's FLAG column (0 when not given).
+
+    ``dry_run`` only sorts (no table is built): a parameter without state yet
+    is judged on itself and its gradient (its state will be created like it),
+    one without a gradient on itself.
+    """
+    out = Gathered()
+    if len(set(map(id, params))) != len(params):
+        # The reference updates a repeated parameter twice, one after the other.
+        out.rest = list(params)
+        out.reasons.append("a parameter appears twice in the group")
+        return out
+    batches = out.batches
+    for p in params:
+        entry = state.get(p)
+        grad = p.grad
+        try:
+            bufs = [entry[name] for name in buffers]
+            scals = [entry[name] for name in scalars]
+        except (KeyError, TypeError):
+            if not dry_run or entry:
+                out.rest.append(p)
+                out.reasons.append("state entry missing")
+                continue
+            bufs, scals = [], []
+        if dry_run and grad is None:
+            grad = p
+        reason = why_not(p, grad, bufs, scals)
+        if reason is not None:
+            out.rest.append(p)
+            out.reasons.append(reason)
+            continue
+        if dry_run:
+            continue
+        batch = batches.get(p.dtype)
+        if batch is None:
+            batch = batches[p.dtype] = Batch(p.dtype)
+        n = p.numel()
+        batch.numel += n
+        row = [n, flag(p, entry) if flag is not None else 0, p.data_ptr(), grad.data_ptr()]
+        for s in scals:
+            row.append(s.data_ptr())
+            row.append(_SCALAR_DTYPES[s.dtype])
+        row.extend([b.data_ptr() for b in bufs])
+        batch.rows.append(row)
+        batch.written.append(p)
+        batch.written.extend(bufs)
+        batch.written.extend(scals)
+    return out
+
+
+_launch_lock = threading.Lock()
+_warm: set[tuple[int, torch.dtype]] = set()
+
+
+def _threads(numel: int) -> int:
+    """Threads for a launch: torch's intra-op setting, no more than there are chunks."""
+    chunks = max(1, -(-numel // GRAIN))
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, chunks))
+
+
+def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
+    """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, then bump version counters."""
+    table = batch.table()
+    scalars = np.array(hyper, dtype=np.float64)
+    key = (id(kernel_fn), batch.dtype)
+    # One launch at a time per process: numba's workqueue layer is not
+    # thread-safe, and two launches would only fight over the same cores.
+    with _launch_lock:
+        numba.set_num_threads(_threads(batch.numel))
+        if key in _warm:
+            kernel_fn(table, scalars, batch.witness, GRAIN)
+        else:
+            with _cache.compile_lock():
+                kernel_fn(table, scalars, batch.witness, GRAIN)
+            _warm.add(key)
+    torch._C._increment_version(batch.written)

@@ -1,0 +1,110 @@
+"""Adam / AdamW on the CPU: :func:`fastoptim.algorithms.adam.adam_reference` as one parallel loop.
+
+The kernel body follows the reference rule section by section (same comments);
+``rounded`` marks where the reference materialises an intermediate tensor
+(a no-op unless the parameters are bfloat16).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import prange
+
+from fastoptim.algorithms._rules import scalar_value
+
+from ._launch import GRAD, PARAM, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
+
+SCALARS = ("step",)
+BUFFERS = ("exp_avg", "exp_avg_sq")
+AMSGRAD_BUFFERS = (*BUFFERS, "max_exp_avg_sq")
+_COL = columns(SCALARS, AMSGRAD_BUFFERS)
+STEP, EXP_AVG, EXP_AVG_SQ, MAX_EXP_AVG_SQ = (_COL[k] for k in ("step", *AMSGRAD_BUFFERS))
+
+
+@helper
+def _step_sizes(steps, lr, beta1, beta2):
+    """Per tensor: ``γ/(1−β₁ᵗ)`` and ``√(1−β₂ᵗ)``, in float64 as the reference computes them."""
+    out = np.empty((steps.shape[0], 2), np.float64)
+    for t in range(steps.shape[0]):
+        step = steps[t]
+        out[t, 0] = lr / (1 - beta1**step)
+        out[t, 1] = (1 - beta2**step) ** 0.5
+    return out
+
+
+@kernel
+def _adam_kernel(table, hyper, witness, grain):
+    lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
+    eps, weight_decay, decay = hyper[5], hyper[6], hyper[7]
+    amsgrad, maximize, decoupled = hyper[8] != 0, hyper[9] != 0, hyper[10] != 0
+    l2 = weight_decay != 0 and not decoupled
+    sizes = _step_sizes(bump_steps(table, STEP), lr, beta1, beta2)
+    one = scalar(1.0, witness)
+    lam = scalar(weight_decay, witness)
+    keep = scalar(decay, witness)
+    w1 = scalar(one_minus_beta1, witness)  # lerp weight, in the tensor's precision as lerp_ takes it
+    w1_small = abs(w1) < 0.5
+    b2 = scalar(beta2, witness)
+    w2 = scalar(one_minus_beta2, witness)
+    e = scalar(eps, witness)
+    segments, starts = plan(table, grain)
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            neg_step_size = scalar(-sizes[t, 0], witness)
+            bias_correction2_sqrt = scalar(sizes[t, 1], witness)
+            param = column(table, t, PARAM, lo, n, witness)
+            grad = column(table, t, GRAD, lo, n, witness)
+            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+            max_exp_avg_sq = column(table, t, MAX_EXP_AVG_SQ if amsgrad else EXP_AVG_SQ, lo, n, witness)
+            for i in range(n):
+                # g ← −g if maximize
+                g = load(grad, i)
+                if maximize:
+                    g = -g
+                # weight decay: θ ← θ(1 − γλ) (AdamW, when λ ≠ 0) or g ← g + λθ (Adam)
+                theta = load(param, i)
+                if decoupled:
+                    theta = rounded(theta * keep, witness)
+                elif l2:
+                    g = rounded(g + lam * theta, witness)
+                # m ← lerp(m, g, 1 − β₁)
+                m = load(exp_avg, i)
+                m = m + w1 * (g - m) if w1_small else g - (g - m) * (one - w1)
+                store(exp_avg, i, m)
+                m = rounded(m, witness)
+                # v ← β₂v + (1 − β₂)g²
+                v = rounded(load(exp_avg_sq, i) * b2, witness)
+                v = rounded(v + w2 * g * g, witness)
+                store(exp_avg_sq, i, v)
+                # v̂ ← max(v̂, v) (amsgrad; NaN wins, as torch.maximum)
+                if amsgrad:
+                    vmax = load(max_exp_avg_sq, i)
+                    if v > vmax or v != v:
+                        vmax = v
+                    store(max_exp_avg_sq, i, vmax)
+                    v = vmax
+                # θ ← θ − γ/(1−β₁ᵗ) · m / (√v / √(1−β₂ᵗ) + ε)
+                denom = rounded(rounded(rounded(np.sqrt(v), witness) / bias_correction2_sqrt, witness) + e, witness)
+                store(param, i, theta + neg_step_size * (m / denom))
+
+
+def gather_(params, state, options: dict, dry_run: bool = False):
+    """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
+    buffers = AMSGRAD_BUFFERS if options["amsgrad"] else BUFFERS
+    return gather(params, state, scalars=SCALARS, buffers=buffers, dry_run=dry_run)
+
+
+def run_(gathered, options: dict) -> None:
+    """One Adam step for every batch of ``gathered`` (the options are the reference rule's keywords)."""
+    lr = float(scalar_value(options["lr"]))
+    beta1, beta2 = float(options["beta1"]), float(options["beta2"])
+    weight_decay = float(options["weight_decay"])
+    decoupled = bool(options["decoupled_weight_decay"])
+    # The reference's Python-float arithmetic, done once per group.
+    decay = 1 - lr * weight_decay if decoupled and weight_decay != 0 else 1.0
+    hyper = (lr, beta1, 1 - beta1, beta2, 1 - beta2, float(options["eps"]), weight_decay, decay)
+    hyper += (bool(options["amsgrad"]), bool(options["maximize"]), decoupled)
+    for batch in gathered.batches.values():
+        launch(_adam_kernel, batch, hyper)
