@@ -26,7 +26,9 @@ __all__ = [
     "CEILING",
     "INDEX_BYTES",
     "Traffic",
+    "VECTOR_BYTE_MODEL",
     "ceiling_bytes",
+    "traffic_for",
     "step_bytes",
 ]
 
@@ -74,6 +76,17 @@ BYTE_MODEL: dict[str, Traffic] = {
         ("param", "exp_avg", "exp_avg_sq"),
         "only the elements the sparse grad touches, plus its int64 indices",
     ),
+    "Adafactor": Traffic(
+        ("param", "grad", "grad"),
+        ("param",),
+        ">= 2-D: the factored row_var/col_var need a full reduction pass over grad before any "
+        "element can be updated, so grad is read twice; row_var/col_var are O(rows + cols)",
+    ),
+}
+
+#: algorithms whose parameters of fewer than two dimensions keep a per-element state instead
+VECTOR_BYTE_MODEL: dict[str, Traffic] = {
+    "Adafactor": Traffic(("param", "grad", "variance"), ("param", "variance"), "< 2-D: unfactored variance"),
 }
 
 #: the bandwidth ceiling's own traffic: ``a.add_(b, alpha=s)`` reads a and b, writes a
@@ -99,6 +112,7 @@ def step_bytes(algorithm: str, params: Sequence[Tensor], grads: Iterable[Tensor]
         if g is None:
             continue
         size = p.element_size()
+        traffic = traffic_for(algorithm, p)
         if g.is_sparse:
             g = g.coalesce()
             touched = g._values().numel()
@@ -107,6 +121,13 @@ def step_bytes(algorithm: str, params: Sequence[Tensor], grads: Iterable[Tensor]
         else:
             total += traffic.bytes_per_element(size) * p.numel()
     return total
+
+
+def traffic_for(algorithm: str, param: Tensor) -> Traffic:
+    """The traffic of ``algorithm`` on one parameter (some depend on its number of dimensions)."""
+    if param.dim() < 2 and algorithm in VECTOR_BYTE_MODEL:
+        return VECTOR_BYTE_MODEL[algorithm]
+    return BYTE_MODEL[algorithm]
 
 
 def ceiling_bytes(numel: int, element_size: int) -> int:

@@ -15,7 +15,9 @@ their cold start.  The full bench starts one process per algorithm.
 This file must not import fastoptim before the clock starts: it loads the
 parameter-set builder by path, not through the package.
 
-    python cold.py LIBRARY SET QUICK SCALE DTYPE SEED ALGORITHM [ALGORITHM ...]
+    python cold.py LIBRARY SET QUICK SCALE DTYPE SEED THREADS ALGORITHM [ALGORITHM ...]
+
+(THREADS 0: torch's default.)
 """
 
 import importlib.util
@@ -26,11 +28,15 @@ from pathlib import Path
 
 
 def main(argv):
-    library, set_name, quick, scale, dtype, seed, *algorithms = argv
+    library, set_name, quick, scale, dtype, seed, threads, *algorithms = argv
     import torch
+
+    if int(threads):
+        torch.set_num_threads(int(threads))
 
     spec = importlib.util.spec_from_file_location("_fastoptim_bench_paramsets", Path(__file__).with_name("paramsets.py"))
     paramsets = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = paramsets  # dataclasses look their module up there
     spec.loader.exec_module(paramsets)
 
     pset = paramsets.build(set_name, quick=quick == "1", scale=float(scale), dtype=getattr(torch, dtype), seed=int(seed))

@@ -79,8 +79,9 @@ def _set_table(data: dict, set_name: str) -> list[str]:
         variants = cells[(a, set_name)]
         ours = variants.get("fastoptim", {})
         best = variants.get(ours.get("torch_best") or "", {})
-        model = data["byte_model"].get(a)
-        row = [a, str(model["bytes_per_element"]) if model else "–"]
+        model, vector = data["byte_model"].get(a), data["byte_model"].get(f"{a} (<2-D)")
+        row = [a, (str(model["bytes_per_element"]) if model else "–") + (
+            f" ({vector['bytes_per_element']} <2-D)" if vector else "")]
         row += [_variant_cell(variants.get(v)) if v in variants else "n/a" for v in present]
         ok = not ours.get("error") and ours.get("time_s")
         speed = ours.get("speedup_vs_torch_best") if ok else None
@@ -137,6 +138,19 @@ def markdown(data: dict) -> str:
         "Measured processes (torch's and fastoptim's steps alike) ran with "
         + " ".join(f"`{k}={v}`" for k, v in env["malloc_env"].items())
         + ".  ",
+        *[
+            f"**Warning:** a {c['after_variant'] or 'setup'} step changed torch.get_num_threads() from "
+            f"{c['from']} to {c['to']} ({c['times']}×); the bench set it back before the next step.  "
+            for c in env.get("torch_threads_changed", [])
+        ],
+        *(
+            [
+                f"**Warning:** the machine was loaded (load average {env['loadavg_start'][0]:.1f} on "
+                f"{env['cpu_count']} CPUs): times are inflated and noisy, multi-threaded steps most of all.  "
+            ]
+            if max(env["loadavg_start"][0], env["loadavg_end"][0]) > (env["cpu_count"] or 1)
+            else []
+        ),
         f"dtype {cfg['dtype']}; {'--quick sizes; ' if cfg['quick'] else ''}"
         f"{cfg['warmup']} warm-up steps, {cfg['rounds']} interleaved rounds, "
         f"~{cfg['budget_s']:g} s of timed steps per variant per cell.",

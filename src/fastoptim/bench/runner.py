@@ -214,8 +214,32 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+#: every time a step left torch's intra-op thread count changed: {variant, algorithm, set, from, to}
+THREAD_CHANGES: list[dict] = []
+
+
+def _restore_threads(expected: int, algorithm: str, set_name: str, culprit: str | None) -> None:
+    """Put torch's thread count back if the previous step changed it, and remember who did.
+
+    numba's OpenMP threading layer shares libgomp with torch, so starting its
+    pool can change ``torch.get_num_threads()``; left alone, that would make
+    the next variant run with another thread count than the one reported.
+    """
+    now = torch.get_num_threads()
+    if now != expected:
+        THREAD_CHANGES.append(
+            {"after_variant": culprit, "algorithm": algorithm, "param_set": set_name, "from": expected, "to": now}
+        )
+        torch.set_num_threads(expected)
+
+
 def _run_cell(
-    algorithm: str, pset: paramsets.ParamSet, variants: list[Variant], cfg: BenchConfig, rng: random.Random
+    algorithm: str,
+    pset: paramsets.ParamSet,
+    variants: list[Variant],
+    cfg: BenchConfig,
+    rng: random.Random,
+    threads: int,
 ) -> list[dict]:
     """Time every variant of one (algorithm, parameter set) cell; one result dict per variant."""
     params = pset.fresh_params()
@@ -235,7 +259,11 @@ def _run_cell(
         except Exception as exc:  # noqa: BLE001 - a broken variant is reported, the bench goes on
             rows[v.key]["error"] = _describe_error(exc)
 
+    last = [None]
+
     def step(key: str) -> float | None:
+        _restore_threads(threads, algorithm, pset.name, last[0])
+        last[0] = key
         try:
             return _timed(optimizers[key].step)
         except Exception as exc:  # noqa: BLE001
@@ -277,6 +305,8 @@ def _run_cell(
     mem: dict[str, dict] = {}
     if cfg.memory:
         for key in list(optimizers):
+            _restore_threads(threads, algorithm, pset.name, last[0])
+            last[0] = key
             try:
                 mem[key] = memory.peak_extra(optimizers[key].step, trials=cfg.memory_trials)
             except Exception as exc:  # noqa: BLE001
@@ -327,7 +357,8 @@ def _derive(results: list[dict], ceiling_gbps: float | None) -> None:
 def _cold_probe(algorithms: list[str], library: str, cfg: BenchConfig) -> dict[str, dict]:
     """Run cold.py once in a fresh interpreter; {algorithm: timings or {"error": ...}}."""
     script = Path(__file__).with_name("cold.py")
-    argv = [library, cfg.cold_set, "1" if cfg.quick else "0", str(cfg.scale), cfg.dtype, str(cfg.seed), *algorithms]
+    argv = [library, cfg.cold_set, "1" if cfg.quick else "0", str(cfg.scale), cfg.dtype, str(cfg.seed)]
+    argv += [str(cfg.threads or 0), *algorithms]
     t0 = time.perf_counter()
     try:
         proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=600)
@@ -358,6 +389,26 @@ def _cold_row(algorithm: str, library: str, runs: list[dict], cfg: BenchConfig) 
     return row
 
 
+def _byte_model_rows(algorithms: list[str]) -> dict[str, bytemodel.Traffic]:
+    rows = {}
+    for name in algorithms:
+        if name in bytemodel.BYTE_MODEL:
+            rows[name] = bytemodel.BYTE_MODEL[name]
+        if name in bytemodel.VECTOR_BYTE_MODEL:
+            rows[f"{name} (<2-D)"] = bytemodel.VECTOR_BYTE_MODEL[name]
+    rows["ceiling"] = bytemodel.CEILING
+    return rows
+
+
+def _summarize_thread_changes() -> list[dict]:
+    """One entry per (variant, from, to) with how many steps it happened after."""
+    counts: dict[tuple, int] = {}
+    for c in THREAD_CHANGES:
+        key = (c["after_variant"], c["from"], c["to"])
+        counts[key] = counts.get(key, 0) + 1
+    return [{"after_variant": v, "from": a, "to": b, "times": n} for (v, a, b), n in counts.items()]
+
+
 # --------------------------------------------------------------------------- driver
 
 
@@ -373,6 +424,8 @@ def run(cfg: BenchConfig) -> dict:
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
+    THREAD_CHANGES.clear()
     dtype = getattr(torch, cfg.dtype)
     rng = random.Random(cfg.seed)
     env = environment()
@@ -397,7 +450,7 @@ def run(cfg: BenchConfig) -> dict:
             variants, notes[algorithm] = variants_for(algorithm)
             for name, pset in sets.items():
                 bar.set_postfix_str(f"{algorithm} / {name}")
-                results += _run_cell(algorithm, pset, variants, cfg, rng)
+                results += _run_cell(algorithm, pset, variants, cfg, rng, threads)
                 bar.update()
             bar.set_postfix_str("ceiling")
             ceiling.sample(cfg.ceiling_samples, algorithm)
@@ -429,6 +482,7 @@ def run(cfg: BenchConfig) -> dict:
                         bar.update()
 
     env["loadavg_end"] = list(os.getloadavg())
+    env["torch_threads_changed"] = _summarize_thread_changes()
     element_size = torch.empty((), dtype=dtype).element_size()
     data = {
         "schema": SCHEMA,
@@ -459,8 +513,7 @@ def run(cfg: BenchConfig) -> dict:
                 "bytes_per_element": t.bytes_per_element(element_size),
                 "note": t.note,
             }
-            for name, t in {**bytemodel.BYTE_MODEL, "ceiling": bytemodel.CEILING}.items()
-            if name in cfg.algorithms or name == "ceiling"
+            for name, t in _byte_model_rows(cfg.algorithms).items()
         },
         "param_sets": set_info,
         "ceiling": ceiling_result,

@@ -19,7 +19,7 @@ __all__ = ["ORDER", "SKIP_REASONS", "Variant", "discover_algorithms", "variants_
 #: report order for the algorithms torch.optim has (others follow alphabetically)
 ORDER = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax",
-    "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "LBFGS",
+    "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "Adafactor", "LBFGS", "Muon",
 ]  # fmt: skip
 
 #: algorithms exported by both libraries that the bench does not time, and why
@@ -28,6 +28,12 @@ SKIP_REASONS = {
         "closure-driven: one step runs up to max_iter=20 closure evaluations and dot products over "
         "up to history_size=100 stored vectors, so its cost is set by the closure and the history, "
         "not by a per-element pass over memory; there is no byte model to hold it to"
+    ),
+    "Muon": (
+        "orthogonalises the momentum with ns_steps=5 Newton-Schulz iterations, i.e. matrix products "
+        "of O(rows * cols * min(rows, cols)) flops per step: compute-bound, not bandwidth-bound, so the "
+        "byte model does not apply; and it takes 2-D parameters only, while the many/tiny sets hold "
+        "1-D tensors (and one 8192x8192 step would take minutes here)"
     ),
 }
 
