@@ -50,7 +50,7 @@ class Capability:
     covers: str = ""
 
 
-_CAPTURABLE = (("differentiable", True), ("capturable", True))
+_CAPTURABLE_TOO = (("differentiable", True), ("capturable", True))
 
 TABLE: tuple[Capability, ...] = (
     Capability(
@@ -58,14 +58,67 @@ TABLE: tuple[Capability, ...] = (
         "fastoptim.algorithms.sgd.sgd_reference",
         "fastoptim.kernels.cpu.sgd",
         tensor_options=("lr", "weight_decay"),
-        covers="momentum (first step initialises the buffer), dampening, nesterov, weight decay, maximize",
+        covers="momentum (the first step creates and fills the buffer), dampening, nesterov, weight decay, maximize",
     ),
     Capability(
-        "Adam / AdamW",
+        "Adam, AdamW",
         "fastoptim.algorithms.adam.adam_reference",
         "fastoptim.kernels.cpu.adam",
-        excludes=_CAPTURABLE,
-        covers="amsgrad, L2 or decoupled weight decay, maximize, per-tensor steps",
+        excludes=_CAPTURABLE_TOO,
+        covers="amsgrad, L2 or decoupled weight decay, maximize",
+    ),
+    Capability(
+        "Adagrad",
+        "fastoptim.algorithms.adagrad.adagrad_reference",
+        "fastoptim.kernels.cpu.adagrad",
+        covers="lr_decay, weight decay, maximize, fused=True groups; sparse gradients fall back per parameter",
+    ),
+    Capability(
+        "RMSprop",
+        "fastoptim.algorithms.rmsprop.rmsprop_reference",
+        "fastoptim.kernels.cpu.rmsprop",
+        covers="centered, momentum, weight decay, maximize, capturable (same arithmetic in the reference)",
+    ),
+    Capability(
+        "Adadelta",
+        "fastoptim.algorithms.adadelta.adadelta_reference",
+        "fastoptim.kernels.cpu.adadelta",
+        covers="weight decay, maximize, capturable (same arithmetic in the reference)",
+    ),
+    Capability(
+        "Adamax",
+        "fastoptim.algorithms.adamax.adamax_reference",
+        "fastoptim.kernels.cpu.adamax",
+        excludes=_CAPTURABLE_TOO,
+        covers="weight decay, maximize",
+    ),
+    Capability(
+        "NAdam",
+        "fastoptim.algorithms.nadam.nadam_reference",
+        "fastoptim.kernels.cpu.nadam",
+        excludes=_CAPTURABLE_TOO,
+        covers="momentum_decay schedule (mu_product updated in place), L2 or decoupled weight decay, maximize",
+    ),
+    Capability(
+        "RAdam",
+        "fastoptim.algorithms.radam.radam_reference",
+        "fastoptim.kernels.cpu.radam",
+        excludes=_CAPTURABLE_TOO,
+        covers="rectified and unrectified steps (per tensor), L2 or decoupled weight decay, maximize",
+    ),
+    Capability(
+        "ASGD",
+        "fastoptim.algorithms.asgd.asgd_reference",
+        "fastoptim.kernels.cpu.asgd",
+        excludes=_CAPTURABLE_TOO,
+        tensor_options=(),
+        covers="eta/mu schedules (updated in place), averaging before and after t0, weight decay, maximize",
+    ),
+    Capability(
+        "Rprop",
+        "fastoptim.algorithms.rprop.rprop_reference",
+        "fastoptim.kernels.cpu.rprop",
+        covers="etas, step-size clamping, maximize, capturable (same arithmetic in the reference)",
     ),
 )
 
