@@ -184,7 +184,20 @@ def _track_optimizer_step(optimizer) -> None:
         return step_fn.__get__(opt, opt.__class__)(*args, **kwargs)
 
     wrapper._wrapped_by_lr_sched = True
-    optimizer.step = wrapper
+    optimizer.step = _skipped_by_dynamo(wrapper)
+
+
+def _skipped_by_dynamo(fn):
+    """Have ``torch.compile`` run ``fn``'s own frame eagerly, and compile what it calls.
+
+    torch does this for its step wrapper by listing lr_scheduler.py among
+    dynamo's skipped files.  A traced wrapper would be worse: compiling
+    ``optimizer.step`` recursed forever, and the ``_opt_called`` flag was lost
+    at the graph break inside torch's optimizers.
+    """
+    from torch._dynamo.decorators import skip  # imported anyway by torch.optim optimizers
+
+    return skip(fn)
 
 
 # --------------------------------------------------------------------------
