@@ -87,25 +87,38 @@ AVERAGING = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("kind", AVERAGING)
-def test_averaged_model_matches_torch(kind, dtype):
+def average_side_by_side(kind, dtype, device=None):
+    """Train a model on the CPU; average it (on ``device``) with torch and with us."""
     model = make_model(dtype)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    ref = torch_swa.AveragedModel(model, **AVERAGING[kind](torch_swa))
-    ours = our_swa.AveragedModel(model, **AVERAGING[kind](our_swa))
+    ref = torch_swa.AveragedModel(model, device=device, **AVERAGING[kind](torch_swa))
+    ours = our_swa.AveragedModel(model, device=device, **AVERAGING[kind](our_swa))
     assert_identical(ref, ours)
     for x in batches(UPDATES, dtype):
         train_step(model, opt, x)
         if not same_outcome(lambda: ref.update_parameters(model), lambda: ours.update_parameters(model)):
-            # torch's SWA foreach path rejects the integer num_batches_tracked buffer
-            assert kind == "swa-multi-buffers"
+            # torch's foreach SWA rejects the integer num_batches_tracked buffer
+            # (explicit multi_avg_fn, or the default on CUDA); so do we
+            assert kind in ("swa-multi-buffers", "swa-buffers")
             return
         assert_identical(ref, ours)
     assert int(ours.n_averaged) == UPDATES
-    x = batches(1, dtype, seed=2)[0]
+    x = batches(1, dtype, seed=2)[0].to(ours.n_averaged.device)
     ref.eval(), ours.eval()
     assert torch.equal(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kind", AVERAGING)
+def test_averaged_model_matches_torch(kind, dtype):
+    average_side_by_side(kind, dtype)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["swa", "swa-buffers", "ema-multi", "ema-single"])
+def test_averaged_model_on_cuda_matches_torch(kind):
+    """On CUDA the default SWA takes the foreach ``lerp`` path, which rounds differently."""
+    average_side_by_side(kind, torch.float32, device=torch.device("cuda"))
 
 
 def test_state_dict_is_interchangeable_with_torch():
