@@ -10,6 +10,7 @@ from .algorithms.adam import Adam, AdamW
 from .algorithms.adamax import Adamax
 from .algorithms.asgd import ASGD
 from .algorithms.lbfgs import LBFGS
+from .algorithms.lion import Lion
 from .algorithms.nadam import NAdam
 from .algorithms.radam import RAdam
 from .algorithms.rmsprop import RMSprop
@@ -29,6 +30,7 @@ __all__ = [
     "AdamW",
     "Adamax",
     "LBFGS",
+    "Lion",
     "NAdam",
     "Optimizer",
     "RAdam",
