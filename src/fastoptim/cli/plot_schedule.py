@@ -265,7 +265,7 @@ def draw(series, path, *, width, height, dpi, title=None, log_y=False) -> None:
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
-    fig.savefig(path, dpi=dpi)  # no bbox_inches="tight": the size stays width×height
+    fig.savefig(path, dpi=dpi, format="png")  # no bbox_inches="tight": the size stays width×height
 
 
 def run(args) -> int:
