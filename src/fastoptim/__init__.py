@@ -17,6 +17,7 @@ from .algorithms.rmsprop import RMSprop
 from .algorithms.rprop import Rprop
 from .algorithms.sgd import SGD
 from .algorithms.sparse_adam import SparseAdam
+from . import lr_scheduler, swa_utils  # noqa: F401  (submodules, as in torch.optim)
 from .optimizer import Optimizer, register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 __version__ = "0.1.0"
