@@ -293,3 +293,26 @@ def assert_kernel_matches_reference(
                 opt.step()
         (_, fast, fast_params), (_, ref, ref_params) = made
         assert_matches_reference(fast, ref, tol, f"{cls.__name__} {kwargs} {dtype} step {step}")
+
+
+def assert_late_parameter_matches_reference(ours_cls, theirs_cls, kwargs, dtype=torch.float64, *, prepare: Prepare = None,
+                                            our_only=(), their_only=(), steps=8, joins_at=3) -> None:
+    """A parameter whose first gradient arrives at step ``joins_at`` is treated as the reference treats it
+    (group-level counters: its first update already uses the group's step count)."""
+    gen = torch.Generator().manual_seed(3)
+    initial = [torch.randn(4, 3, generator=gen, dtype=dtype), torch.randn(6, generator=gen, dtype=dtype)]
+    made = []
+    for cls, kw in ((ours_cls, kwargs), (theirs_cls, {k: v for k, v in kwargs.items() if k not in our_only})):
+        params = [v.clone().requires_grad_() for v in initial]
+        opt = cls(params, **kw)
+        if prepare is not None:
+            prepare(opt)
+        made.append((opt, params))
+    for step in range(steps):
+        gen = torch.Generator().manual_seed(40 + step)
+        grads = [torch.randn(v.shape, generator=gen, dtype=dtype) for v in initial]
+        for opt, params in made:
+            params[0].grad = grads[0].clone()
+            params[1].grad = grads[1].clone() if step >= joins_at else None
+            opt.step()
+        assert_matches_reference(made[0][0], made[1][0], EXACT, f"step {step}", our_only, their_only)
