@@ -8,6 +8,7 @@ from .algorithms.adafactor import Adafactor
 from .algorithms.adagrad import Adagrad
 from .algorithms.adam import Adam, AdamW
 from .algorithms.adamax import Adamax
+from .algorithms.adan import Adan
 from .algorithms.asgd import ASGD
 from .algorithms.lbfgs import LBFGS
 from .algorithms.lion import Lion
@@ -30,6 +31,7 @@ __all__ = [
     "Adam",
     "AdamW",
     "Adamax",
+    "Adan",
     "LBFGS",
     "Lion",
     "NAdam",
