@@ -192,7 +192,8 @@ class Trial:
         # Second group overrides one option, so per-group options are exercised.
         specs = [{"params": groups[0]}, {"params": groups[1]}]
         if "lr" not in kwargs or not torch.is_tensor(kwargs["lr"]):
-            specs[1]["lr"] = 0.5 * (kwargs.get("lr", None) or cls([torch.zeros(1, requires_grad=True)]).defaults["lr"])
+            # a 1x1 stand-in: Muon accepts 2-D parameters only
+            specs[1]["lr"] = 0.5 * (kwargs.get("lr", None) or cls([torch.zeros(1, 1, requires_grad=True)]).defaults["lr"])
         return cls(specs, **kwargs), leaves
 
     @staticmethod

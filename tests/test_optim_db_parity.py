@@ -47,9 +47,23 @@ def _cases():
                 yield pytest.param(name, dtype, index, id=re.sub(r"[^\w.=-]+", "_", desc))
 
 
+# Algorithms that take 2-D parameters only (optim_db has no flag for it).
+MATRICES_ONLY = {"Muon"}
+
+
+def _as_matrices(problem):
+    """The same problem with its 0-dim and 1-D parameters as 1×n rows."""
+
+    def matrix(v):
+        return v if v.dim() == 2 else v.reshape(1, -1)
+
+    groups = [[matrix(v) for v in group] for group in problem.groups]
+    return Problem(groups, [matrix(v) for v in problem.scale], [matrix(v) for v in problem.target], problem.sparse)
+
+
 def _problem(name, dtype, kwargs):
     info = INFOS[name]
-    return Problem.make(
+    problem = Problem.make(
         dtype,
         # fused kernels take real floating-point params only (torch raises otherwise)
         complex_param=info.supports_complex and not kwargs.get("fused"),
@@ -59,6 +73,7 @@ def _problem(name, dtype, kwargs):
         # non-contiguous one; tests/test_lbfgs.py covers that case.
         noncontiguous=not info.step_requires_closure,
     )
+    return _as_matrices(problem) if name in MATRICES_ONLY else problem
 
 
 def make_trial(name, dtype, kwargs):

@@ -10,8 +10,10 @@ from .algorithms.adam import Adam, AdamW
 from .algorithms.adamax import Adamax
 from .algorithms.adan import Adan
 from .algorithms.asgd import ASGD
+from .algorithms.lars import LARS
 from .algorithms.lbfgs import LBFGS
 from .algorithms.lion import Lion
+from .algorithms.muon import Muon
 from .algorithms.nadam import NAdam
 from .algorithms.radam import RAdam
 from .algorithms.rmsprop import RMSprop
@@ -32,8 +34,10 @@ __all__ = [
     "AdamW",
     "Adamax",
     "Adan",
+    "LARS",
     "LBFGS",
     "Lion",
+    "Muon",
     "NAdam",
     "Optimizer",
     "RAdam",
