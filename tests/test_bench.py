@@ -299,6 +299,7 @@ def test_bad_arguments_are_cli_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_bench_runs_end_to_end(tmp_path):
     """The real command on tiny sizes, through the re-executed worker, then the arithmetic of its output."""
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"

@@ -182,8 +182,8 @@ def markdown(data: dict) -> str:
             "",
             "## Cold first step",
             "",
-            data["method"]["cold"] + f"; parameter set `{cfg['cold_set']}`; median (min–max) of "
-            f"{cfg['cold_repeats']} fresh process(es).",
+            data["method"]["cold"] + f"; parameter set `{cfg['cold_set']}`; fastoptim: median (min–max) of "
+            f"{cfg['cold_repeats']} fresh process(es); torch: one.",
             "",
         ]
         out += _cold_table(data)

@@ -304,11 +304,12 @@ def _run_cell(
 
     mem: dict[str, dict] = {}
     if cfg.memory:
+        gc.collect()
         for key in list(optimizers):
             _restore_threads(threads, algorithm, pset.name, last[0])
             last[0] = key
             try:
-                mem[key] = memory.peak_extra(optimizers[key].step, trials=cfg.memory_trials)
+                mem[key] = memory.peak_extra(optimizers[key].step, trials=cfg.memory_trials, collect=False)
             except Exception as exc:  # noqa: BLE001
                 rows[key]["error"] = _describe_error(exc)
 
@@ -469,7 +470,8 @@ def run(cfg: BenchConfig) -> dict:
                 runs: dict[str, list[dict]] = {a: [] for a in cfg.algorithms}
                 batches = ([ran] if ran else []) if cfg.cold_one_process else [[a] for a in ran]
                 for batch in batches:
-                    for _ in range(cfg.cold_repeats):
+                    # torch's cold start is a reference point only: one process is enough
+                    for _ in range(cfg.cold_repeats if library == "fastoptim" else 1):
                         bar.set_postfix_str(f"cold start {library} {batch[0] if len(batch) == 1 else 'all'}")
                         for a, r in _cold_probe(batch, library, cfg).items():
                             runs[a].append(r)
