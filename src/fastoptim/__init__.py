@@ -10,6 +10,7 @@ from .algorithms.adam import Adam, AdamW
 from .algorithms.adamax import Adamax
 from .algorithms.adan import Adan
 from .algorithms.asgd import ASGD
+from .algorithms.lamb import Lamb
 from .algorithms.lars import LARS
 from .algorithms.lbfgs import LBFGS
 from .algorithms.lion import Lion
@@ -35,6 +36,7 @@ __all__ = [
     "Adamax",
     "Adan",
     "LARS",
+    "Lamb",
     "LBFGS",
     "Lion",
     "Muon",
