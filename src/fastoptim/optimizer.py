@@ -91,6 +91,19 @@ def register_optimizer_step_post_hook(hook: Callable) -> RemovableHandle:
 _stepping = threading.local()
 
 
+@torch.compiler.disable
+def _count_step(optimizer: Any) -> None:
+    """``_step_count += 1``, always run eagerly.
+
+    Traced by torch.compile, the store was lost (dynamo drops attribute stores
+    on an optimizer object when the traced step also mutates tensors), and a
+    counter that dynamo reads is guarded on, which recompiles every step.
+    The cost is one graph break at the end of a compiled step, as torch.optim
+    has (its step is not ``fullgraph`` either).
+    """
+    optimizer._step_count = getattr(optimizer, "_step_count", 0) + 1
+
+
 def _with_step_hooks(step: Callable) -> Callable:
     """Wrap a ``step`` method with the profiler range and the step hooks.
 
@@ -123,7 +136,7 @@ def _with_step_hooks(step: Callable) -> Callable:
                 out = step(*args, **kwargs)
             finally:
                 active.discard(id(self))
-            self._step_count = getattr(self, "_step_count", 0) + 1
+            _count_step(self)
             self._optimizer_step_code()
             for post_hook in chain(self._optimizer_step_post_hooks.values(), _global_post_hooks.values()):
                 post_hook(self, args, kwargs)
