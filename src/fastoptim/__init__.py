@@ -19,6 +19,7 @@ from .algorithms.nadam import NAdam
 from .algorithms.radam import RAdam
 from .algorithms.rmsprop import RMSprop
 from .algorithms.rprop import Rprop
+from .algorithms.schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .algorithms.sgd import SGD
 from .algorithms.sparse_adam import SparseAdam
 from . import lr_scheduler, swa_utils  # noqa: F401  (submodules, as in torch.optim)
@@ -33,6 +34,7 @@ __all__ = [
     "Adagrad",
     "Adam",
     "AdamW",
+    "AdamWScheduleFree",
     "Adamax",
     "Adan",
     "LARS",
@@ -46,6 +48,7 @@ __all__ = [
     "Rprop",
     "RMSprop",
     "SGD",
+    "SGDScheduleFree",
     "SparseAdam",
     "lr_scheduler",
     "register_optimizer_step_post_hook",
