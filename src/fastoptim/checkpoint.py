@@ -156,7 +156,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.set_rng_state(state["torch"])
     if "python" in state:
         python = state["python"]
-        random.setstate((python["version"], tuple(python["internal"]), python["gauss_next"]))
+        random.setstate((python["version"], tuple(int(word) for word in python["internal"].tolist()), python["gauss_next"]))
     if "numpy" in state:
         import numpy as np
 
@@ -185,7 +185,9 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
 def _python_rng_state() -> dict[str, Any]:
     version, internal, gauss_next = random.getstate()
-    return {"version": version, "internal": tuple(internal), "gauss_next": gauss_next}
+    # 625 words below 2**32: one int64 tensor pickles, loads and hashes far
+    # faster than 625 Python ints.
+    return {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss_next": gauss_next}
 
 
 def _numpy_rng_state() -> dict[str, Any] | None:
