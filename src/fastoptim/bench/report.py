@@ -6,7 +6,7 @@ from . import stats
 
 __all__ = ["fmt_ms", "markdown", "summary"]
 
-_VARIANT_ORDER = ["torch_forloop", "torch_foreach", "torch_fused", "torch_default", "fastoptim"]
+_VARIANT_ORDER = ["torch_forloop", "torch_foreach", "torch_fused", "fastoptim"]
 
 
 def _sig(x: float, digits: int = 3) -> str:
@@ -36,6 +36,11 @@ def _fmt(value: float | None, pattern: str) -> str:
 
 def _mib(nbytes: int | None) -> str:
     return "–" if nbytes is None else f"{nbytes / stats.MIB:.1f}"
+
+
+def _short(label: str) -> str:
+    """'torch fused' -> 'fused'."""
+    return label.removeprefix("torch ")
 
 
 def _variant_cell(row: dict | None) -> str:
@@ -87,7 +92,7 @@ def _set_table(data: dict, set_name: str) -> list[str]:
         speed = ours.get("speedup_vs_torch_best") if ok else None
         row += [
             _fmt(ours.get("gbps") if ok else None, "{:.1f}"),
-            "–" if speed is None else f"{speed:.2f}× ({labels.get(ours['torch_best'], '?').removeprefix('torch ')})",
+            "–" if speed is None else f"{speed:.2f}× ({_short(labels.get(ours['torch_best'], '?'))})",
             f"{_mib(ours.get('peak_extra_bytes'))} / {_mib(best.get('peak_extra_bytes'))}",
         ]
         if tiny:

@@ -42,7 +42,7 @@ SKIP_REASONS = {
 class Variant:
     """One way to run one algorithm: a library and the flags its constructor gets."""
 
-    key: str  # stable id in the JSON: torch_forloop, torch_foreach, torch_fused, torch_default, fastoptim
+    key: str  # stable id in the JSON: torch_forloop, torch_foreach, torch_fused, fastoptim
     label: str  # column title in the report
     library: str  # "torch" or "fastoptim"
     make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
@@ -95,8 +95,9 @@ def variants_for(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
         out.append(Variant("torch_forloop", "torch for-loop", "torch", lambda ps: torch_cls(ps, foreach=False)))
         out.append(Variant("torch_foreach", "torch foreach", "torch", lambda ps: torch_cls(ps, foreach=True)))
     else:
-        out.append(Variant("torch_default", "torch (only impl.)", "torch", lambda ps: torch_cls(ps)))
-        notes["torch_foreach"] = "torch has no foreach implementation"
+        # SparseAdam: one implementation, a loop over the parameters
+        out.append(Variant("torch_forloop", "torch for-loop", "torch", lambda ps: torch_cls(ps)))
+        notes["torch_foreach"] = "torch has no foreach implementation: its only one loops over the parameters"
     if "fused" in accepted:
         why_not = _fused_works_on_cpu(torch_cls)
         if why_not is None:
