@@ -184,6 +184,10 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = build_config(args)
     if not malloc_env_is_set():
+        from fastoptim.bench.runner import MALLOC_ENV
+
+        settings = " ".join(f"{k}={v}" for k, v in MALLOC_ENV.items())
+        print(f"fastoptim bench: measuring in a worker process with {settings}", file=sys.stderr)
         worker = [sys.executable, "-m", "fastoptim.bench", "--config-json", cfg.to_json()]
         return subprocess.run(worker, env=_worker_env()).returncode
     data = run_bench(cfg)
