@@ -1,0 +1,52 @@
+"""Run a function in 2 real processes joined by torch.distributed (gloo, CPU, localhost).
+
+``run_workers(fn, *args)`` spawns ``world_size`` processes with
+``torch.multiprocessing.spawn``; each joins a process group over TCP on a free
+localhost port, calls ``fn(rank, world_size, *args)`` and leaves the group.
+An exception in any worker (a failed ``assert`` included) fails the calling
+test with the worker's traceback.  ``fn`` must be a module-level function.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
+    # Two processes share two cores: one intra-op thread each.
+    torch.set_num_threads(1)
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size
+    )
+    try:
+        fn(rank, world_size, *args)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def run_workers(fn: Callable, *args: Any, world_size: int = 2) -> None:
+    port = free_port()
+    mp.spawn(_worker, args=(world_size, port, fn, args), nprocs=world_size, join=True)
+
+
+def all_equal_across_ranks(tensors: list[torch.Tensor]) -> bool:
+    """True when every rank holds the same values (compared bit for bit)."""
+    flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat)
+    return all(torch.equal(gathered[0], g) for g in gathered[1:])
