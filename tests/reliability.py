@@ -23,6 +23,7 @@ ALGORITHMS = sorted(
     if isinstance(getattr(fastoptim, name, None), type)
     and issubclass(getattr(fastoptim, name), torch.optim.Optimizer)
     and getattr(fastoptim, name) is not fastoptim.Optimizer
+    and hasattr(torch.optim, name)  # the algorithms beyond torch (Lion, ...) have no torch class to compare with
 )
 
 #: algorithms that need a closure on every step
