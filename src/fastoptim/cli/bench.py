@@ -173,7 +173,8 @@ def _worker_env() -> dict[str, str]:
 
     env = {**os.environ, **MALLOC_ENV}
     source_root = str(Path(fastoptim.__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join([source_root, *_split(env.get("PYTHONPATH", "").replace(os.pathsep, ","))])
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != source_root]
+    env["PYTHONPATH"] = os.pathsep.join([source_root, *rest])
     return env
 
 
