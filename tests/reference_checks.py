@@ -27,7 +27,6 @@ from collections.abc import Callable
 
 import torch
 
-import fastoptim
 from fastoptim.kernels.dispatch import backend_for, use_backend
 from parity import EXACT, TOLERANCE, Problem, Trial, assert_same
 
@@ -316,3 +315,25 @@ def assert_late_parameter_matches_reference(ours_cls, theirs_cls, kwargs, dtype=
             params[1].grad = grads[1].clone() if step >= joins_at else None
             opt.step()
         assert_matches_reference(made[0][0], made[1][0], EXACT, f"step {step}", our_only, their_only)
+
+
+def assert_defaults_match(ours_cls, theirs_cls, their_only=()) -> None:
+    """Every default the two share is equal; the reference has no others than ``their_only``."""
+    p = torch.zeros(2, requires_grad=True)
+    ours, theirs = ours_cls([p]), theirs_cls([p])
+    for key in set(ours.defaults) & set(theirs.defaults):
+        assert ours.defaults[key] == theirs.defaults[key], key
+    assert set(theirs.defaults) - set(ours.defaults) == set(their_only)
+
+
+def assert_grad_untouched(cls, kwargs, *, prepare: Prepare = None) -> None:
+    """``step()`` leaves ``p.grad`` as it was (the reference packages overwrite it)."""
+    p = torch.ones(2, 3, requires_grad=True)
+    opt = cls([p], **kwargs)
+    if prepare is not None:
+        prepare(opt)
+    g = torch.linspace(-1.0, 2.0, 6).reshape(2, 3)
+    p.grad = g.clone()
+    opt.step()
+    assert torch.equal(p.grad, g)
+    assert not torch.equal(p.detach(), torch.ones(2, 3))

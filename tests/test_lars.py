@@ -9,6 +9,8 @@ import fastoptim
 from fastoptim.algorithms.lars import lars_trust_ratio
 from fastoptim.lr_scheduler import CosineAnnealingLR
 from reference_checks import (
+    assert_defaults_match,
+    assert_grad_untouched,
     assert_follows_scheduler,
     assert_grad_scaler_skips_nonfinite,
     assert_late_parameter_matches_reference,
@@ -47,11 +49,7 @@ def test_parameter_joining_late():
 
 
 def test_defaults_are_pytorch_optimizers():
-    p = torch.zeros(2, requires_grad=True)
-    ours, theirs = fastoptim.LARS([p]), pytorch_optimizer.LARS([p])
-    for key in set(ours.defaults) & set(theirs.defaults):
-        assert ours.defaults[key] == theirs.defaults[key], key
-    assert set(theirs.defaults) - set(ours.defaults) == set(THEIR_ONLY)
+    assert_defaults_match(fastoptim.LARS, pytorch_optimizer.LARS, THEIR_ONLY)
 
 
 def test_trust_ratio_values():
@@ -75,12 +73,7 @@ def test_vectors_get_neither_decay_nor_trust_ratio():
 
 
 def test_grad_is_left_untouched():
-    w = torch.ones(2, 2, requires_grad=True)
-    opt = fastoptim.LARS([w], weight_decay=0.1, maximize=True)
-    g = torch.full((2, 2), 3.0)
-    w.grad = g.clone()
-    opt.step()
-    assert torch.equal(w.grad, g)
+    assert_grad_untouched(fastoptim.LARS, {"weight_decay": 0.1, "maximize": True})
 
 
 @pytest.mark.parametrize(

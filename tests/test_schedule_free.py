@@ -11,6 +11,7 @@ import fastoptim
 from fastoptim.lr_scheduler import LambdaLR
 from parity import EXACT, TOLERANCE, Problem, assert_same
 from reference_checks import (
+    assert_grad_untouched,
     ReferenceTrial,
     assert_follows_scheduler,
     assert_grad_scaler_skips_nonfinite,
@@ -178,14 +179,9 @@ def test_grad_scaler_skips_nonfinite_steps(name):
     assert_grad_scaler_skips_nonfinite(PAIRS[name][0], {"lr": 0.05, "weight_decay": 0.1}, prepare=train)
 
 
-def test_grad_is_left_untouched():
-    p = torch.ones(3, requires_grad=True)
-    opt = fastoptim.AdamWScheduleFree([p], weight_decay=0.1)
-    opt.train()
-    g = torch.tensor([1.0, 2.0, 3.0])
-    p.grad = g.clone()
-    opt.step()
-    assert torch.equal(p.grad, g)
+@pytest.mark.parametrize("name", PAIRS)
+def test_grad_is_left_untouched(name):
+    assert_grad_untouched(PAIRS[name][0], {"weight_decay": 0.1}, prepare=train)
 
 
 @pytest.mark.parametrize(

@@ -177,6 +177,23 @@ class _ScheduleFree(GroupStepOptimizer):
         return dict(lr=group["scheduled_lr"], ckp1=ckp1, weight_decay=group["weight_decay"])
 
 
+def _defaults(head: dict, r, warmup_steps, weight_lr_power, weight_decay, foreach) -> dict:
+    """The reference's ``defaults``, in its key order: the variant's own options, then the averaging bookkeeping."""
+    return dict(
+        head,
+        r=r,
+        k=0,
+        warmup_steps=warmup_steps,
+        train_mode=False,
+        weight_sum=0.0,
+        lr_max=-1.0,
+        scheduled_lr=0.0,
+        weight_lr_power=weight_lr_power,
+        weight_decay=weight_decay,
+        foreach=foreach,
+    )
+
+
 def _check_common(lr, weight_decay, warmup_steps, weight_lr_power) -> None:
     check_lr(lr)
     check_non_negative("weight_decay", weight_decay)
@@ -230,22 +247,8 @@ class AdamWScheduleFree(_ScheduleFree):
         if not 0.0 <= betas[1] < 1.0:
             raise ValueError(f"Invalid beta parameter at index 1: {betas[1]}")
         check_non_negative("epsilon", eps)
-        defaults = dict(
-            lr=lr,
-            betas=betas,
-            eps=eps,
-            r=r,
-            k=0,
-            warmup_steps=warmup_steps,
-            train_mode=False,
-            weight_sum=0.0,
-            lr_max=-1.0,
-            scheduled_lr=0.0,
-            weight_lr_power=weight_lr_power,
-            weight_decay=weight_decay,
-            foreach=foreach,
-        )
-        super().__init__(params, defaults)
+        head = dict(lr=lr, betas=betas, eps=eps)
+        super().__init__(params, _defaults(head, r, warmup_steps, weight_lr_power, weight_decay, foreach))
 
     def _interpolation(self, group: dict) -> float:
         return group["betas"][0]
@@ -290,21 +293,8 @@ class SGDScheduleFree(_ScheduleFree):
         _check_common(lr, weight_decay, warmup_steps, weight_lr_power)
         if momentum <= 0 or momentum >= 1:
             raise ValueError(f"Momentum must be between 0 and 1 exclusive: {momentum}")
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            r=r,
-            k=0,
-            warmup_steps=warmup_steps,
-            train_mode=False,
-            weight_sum=0.0,
-            lr_max=-1.0,
-            scheduled_lr=0.0,
-            weight_lr_power=weight_lr_power,
-            weight_decay=weight_decay,
-            foreach=foreach,
-        )
-        super().__init__(params, defaults)
+        head = dict(lr=lr, momentum=momentum)
+        super().__init__(params, _defaults(head, r, warmup_steps, weight_lr_power, weight_decay, foreach))
 
     def _interpolation(self, group: dict) -> float:
         return group["momentum"]
