@@ -319,7 +319,8 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     cells = {(r["algorithm"], r["param_set"], r["variant"]): r for r in data["results"]}
     for algorithm in ("SGD", "Adam"):
         for set_name, info in data["param_sets"].items():
-            rows = {v: cells[(algorithm, set_name, v)] for v in ("torch_forloop", "torch_foreach", "torch_fused", "fastoptim")}
+            variants = ("torch_forloop", "torch_foreach", "torch_fused", "fastoptim")
+            rows = {v: cells[(algorithm, set_name, v)] for v in variants}
             per_element = data["byte_model"][algorithm]["bytes_per_element"]
             best = min((r for r in rows.values() if r["library"] == "torch"), key=lambda r: r["time_s"]["median"])
             for r in rows.values():

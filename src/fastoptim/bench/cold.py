@@ -34,12 +34,15 @@ def main(argv):
     if int(threads):
         torch.set_num_threads(int(threads))
 
-    spec = importlib.util.spec_from_file_location("_fastoptim_bench_paramsets", Path(__file__).with_name("paramsets.py"))
+    here = Path(__file__).with_name("paramsets.py")
+    spec = importlib.util.spec_from_file_location("_fastoptim_bench_paramsets", here)
     paramsets = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = paramsets  # dataclasses look their module up there
     spec.loader.exec_module(paramsets)
 
-    pset = paramsets.build(set_name, quick=quick == "1", scale=float(scale), dtype=getattr(torch, dtype), seed=int(seed))
+    pset = paramsets.build(
+        set_name, quick=quick == "1", scale=float(scale), dtype=getattr(torch, dtype), seed=int(seed)
+    )
     work = []
     for algorithm in algorithms:
         params = pset.fresh_params()

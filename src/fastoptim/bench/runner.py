@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from . import bytemodel, memory, paramsets, stats
-from .variants import Variant, discover_algorithms, variants_for
+from .variants import Variant, variants_for
 
 __all__ = ["MALLOC_ENV", "BenchConfig", "malloc_env_is_set", "run"]
 
