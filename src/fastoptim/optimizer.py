@@ -362,10 +362,10 @@ class Optimizer(torch.optim.Optimizer):
         start = 0
         for group in self.param_groups:
             packed = {k: v for k, v in group.items() if k != "params"}
-            # A parameter repeated inside a group keeps its first index, but
+            # A parameter repeated inside a group takes its *last* index there
+            # (torch fills a group's mapping in one dict comprehension), and
             # the numbering still advances once per entry (torch's layout).
-            for index, p in enumerate(group["params"], start):
-                index_of.setdefault(id(p), index)
+            index_of.update({id(p): index for index, p in enumerate(group["params"], start) if id(p) not in index_of})
             start += len(group["params"])
             packed["params"] = [index_of[id(p)] for p in group["params"]]
             packed_groups.append(packed)
