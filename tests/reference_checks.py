@@ -279,7 +279,8 @@ def assert_kernel_matches_reference(
         if prepare is not None:
             prepare(opt)
         made.append((backend, opt, params))
-    tol = tol if tol is not None else (TOLERANCE.get(dtype) or dict(rtol=1.6e-2, atol=1e-5))
+    # bfloat16: the tolerance of torch's own test_fused_matches_forloop (and tests/test_kernels.py)
+    tol = tol if tol is not None else (TOLERANCE.get(dtype) or dict(rtol=5e-3, atol=5e-3))
     for step in range(steps):
         gen = torch.Generator().manual_seed(100 + step)
         grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype) for p in made[0][2]]

@@ -10,6 +10,7 @@ import torch
 import fastoptim
 from fastoptim.lr_scheduler import CosineAnnealingLR
 from reference_checks import (
+    assert_kernel_matches_reference,
     assert_defaults_match,
     assert_grad_untouched,
     assert_follows_scheduler,
@@ -116,3 +117,18 @@ def test_fastoptim_scheduler_drives_the_lr():
 
 def test_grad_scaler_skips_nonfinite_steps():
     assert_grad_scaler_skips_nonfinite(fastoptim.Adan, {"lr": 1e-2})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 1e-2},
+        {"lr": 1e-2, "weight_decay": 0.1, "maximize": True},
+        {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True, "betas": (0.3, 0.6, 0.9)},  # lerp weights ≥ 0.5
+    ],
+    ids=str,
+)
+def test_kernel_matches_reference_rule(kwargs, dtype):
+    pytest.importorskip("numba")
+    assert_kernel_matches_reference(fastoptim.Adan, kwargs, dtype)

@@ -10,6 +10,7 @@ import torch
 import fastoptim
 from fastoptim.lr_scheduler import CosineAnnealingLR, LambdaLR
 from reference_checks import (
+    assert_kernel_matches_reference,
     assert_follows_scheduler,
     assert_grad_scaler_skips_nonfinite,
     assert_state_dict_roundtrip,
@@ -136,3 +137,10 @@ def test_fastoptim_schedulers_drive_the_lr(make_scheduler):
 
 def test_grad_scaler_skips_nonfinite_steps():
     assert_grad_scaler_skips_nonfinite(fastoptim.Lion, {"lr": 1e-2, "weight_decay": 0.1})
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kwargs", [{"lr": 1e-2}, {"lr": 1e-2, "weight_decay": 0.3, "maximize": True, "betas": (0.8, 0.95)}], ids=str
+)
+def test_kernel_matches_reference_rule(kwargs, dtype):
+    pytest.importorskip("numba")
+    assert_kernel_matches_reference(fastoptim.Lion, kwargs, dtype)

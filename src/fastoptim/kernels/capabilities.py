@@ -120,6 +120,20 @@ TABLE: tuple[Capability, ...] = (
         "fastoptim.kernels.cpu.rprop",
         covers="etas, step-size clamping, maximize, capturable (same arithmetic in the reference)",
     ),
+    Capability(
+        "Lion",
+        "fastoptim.algorithms.lion.lion_reference",
+        "fastoptim.kernels.cpu.lion",
+        excludes=(),
+        covers="decoupled weight decay (either flavour), maximize",
+    ),
+    Capability(
+        "Adan",
+        "fastoptim.algorithms.adan.adan_reference",
+        "fastoptim.kernels.cpu.adan",
+        excludes=(),
+        covers="decoupled or proximal weight decay, maximize; bias corrections from the group's step",
+    ),
 )
 
 _BY_REFERENCE = {cap.reference: cap for cap in TABLE}

@@ -273,6 +273,17 @@ def _rounded(value, witness):
     return lambda value, witness: value
 
 
+@numba.njit(inline="always")
+def lerp(start, end, weight, one):
+    """``torch.lerp``'s formula: ``start + w(end − start)``, or ``end − (end − start)(1 − w)`` when |w| ≥ 0.5.
+
+    ``weight`` and ``one`` in the compute precision (:func:`scalar`), as torch takes the weight.
+    """
+    if abs(weight) < 0.5:
+        return start + weight * (end - start)
+    return end - (end - start) * (one - weight)
+
+
 # ----------------------------------------------------------------------------- Python side
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
