@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import pickle
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ import torch
 import fastoptim
 from algorithm_checks import assert_nonfinite_like_torch, assert_signature_matches
 from parity import EXACT, TOLERANCE, Problem, Trial, assert_same, assert_same_optimizer
+from extra_checks import assert_copies_step_identically, problem_of
 
 CONFIGS = [
     {},
@@ -22,16 +22,6 @@ CONFIGS = [
     {"lr": torch.tensor(0.05), "weight_decay": 0.2},  # tensor lr: torch's scalar math runs in float32
     {"lr": torch.tensor([0.05])},  # 1-element, not 0-dim
 ]
-
-
-def problem_of(shapes_per_group, dtype, seed=0):
-    """A Problem with the given parameter shapes (one list per group)."""
-    gen = torch.Generator().manual_seed(seed)
-    groups = [[torch.randn(s, generator=gen, dtype=dtype) for s in shapes] for shapes in shapes_per_group]
-    flat = [v for g in groups for v in g]
-    scale = [torch.randn(v.shape, generator=gen, dtype=dtype).abs() + 0.5 for v in flat]
-    target = [torch.randn(v.shape, generator=gen, dtype=dtype) for v in flat]
-    return Problem(groups, scale, target)
 
 
 def exact_trial(kwargs, dtype, problem=None, steps=10):
@@ -158,18 +148,7 @@ def test_constructor_errors_have_torchs_messages(kwargs, message):
 
 
 def test_pickle_and_deepcopy_step_on_identically():
-    for copier in (lambda opt: pickle.loads(pickle.dumps(opt)), copy.deepcopy):
-        trial = exact_trial({"weight_decay": 0.1}, torch.float64, steps=4)
-        copied = copier(trial.ours)
-        assert_same(copied.state_dict(), trial.ours.state_dict(), EXACT, "copy")
-        for opt in (copied, trial.ours):
-            params = Trial.flat(opt)
-            for p, g in zip(params, trial.problem.random_grads(99, params)):
-                p.grad = g
-            opt.step()
-        assert_same(copied.state_dict(), trial.ours.state_dict(), EXACT, "after a step")
-        for a, b in zip(Trial.flat(copied), Trial.flat(trial.ours)):
-            assert_same(a, b, EXACT, "param after a step")
+    assert_copies_step_identically(lambda: exact_trial({"weight_decay": 0.1}, torch.float64, steps=4))
 
 
 def test_numeric_step_of_old_checkpoints_loads_like_torch():

@@ -121,7 +121,10 @@ def newton_schulz(grad: Tensor, ns_coefficients: Sequence[float], ns_steps: int,
     first, so the Gram matrix A is the smaller of the two.
 
     This is torch's operation sequence (``mm``/``addmm`` in bfloat16); the
-    result is a bfloat16 matrix of ``grad``'s shape.
+    result is a bfloat16 matrix of ``grad``'s shape.  As in torch, a bfloat16
+    ``grad`` is not copied but divided by its norm in place: with bfloat16
+    parameters and ``nesterov=False`` the momentum buffer is left normalised
+    after each step (a torch quirk kept for parity).
     """
     check_newton_schulz_args(ns_coefficients, ns_steps)
     if grad.dim() != 2:
@@ -246,7 +249,7 @@ def muon_batched_(
         per_batch = max(1, max_batch_elements // max(1, shape.numel()))
         for start in range(0, len(members), per_batch):
             chunk = members[start : start + per_batch]
-            batch = None
+            batch, updates = None, []
             for slot, i in enumerate(chunk):
                 update = _momentum_update(grads[i], momentum_buffers[i], momentum, nesterov)
                 if batch is None:
@@ -256,8 +259,12 @@ def muon_batched_(
                     else:
                         batch = torch.empty((len(chunk), rows, cols), dtype=torch.bfloat16, device=device)
                 batch[slot].copy_(update)  # the same rounding as torch's update.bfloat16()
+                updates.append(update)
             ortho = newton_schulz_batched(batch, ns_coefficients, ns_steps, eps)
             for slot, i in enumerate(chunk):
+                if updates[slot].dtype == torch.bfloat16:
+                    # torch normalises a bfloat16 update in place (see newton_schulz); batch[slot] holds it
+                    updates[slot].copy_(batch[slot])
                 _apply_update(params[i], ortho[slot], lr, weight_decay, adjust_lr_fn)
 
 
