@@ -77,7 +77,9 @@ class ReferenceTrial(Trial):
 
     ``their_kwargs`` are the reference's constructor arguments (default: the
     same as ours); ``prepare(opt)`` runs on both optimizers once built
-    (Schedule-Free's ``train()``).
+    (Schedule-Free's ``train()``).  fastoptim steps with ``backend``: the
+    reference rules (``"reference"``, bit-exact, the default) or whatever
+    dispatch picks (``"auto"``: the kernels, equal to rounding).
     """
 
     def __init__(
@@ -93,7 +95,9 @@ class ReferenceTrial(Trial):
         our_only=(),
         their_only=(),
         prepare: Prepare = None,
+        backend: str = "reference",
     ):
+        self.backend = backend
         self._their_kwargs = dict(kwargs) if their_kwargs is None else their_kwargs
         self._ours_cls = ours_cls
         self.our_only, self.their_only = our_only, their_only
@@ -111,6 +115,10 @@ class ReferenceTrial(Trial):
         finally:
             self.kwargs = kwargs
 
+    def step(self, i):
+        with use_backend(self.backend):
+            return super().step(i)
+
     def run(self, steps=12, check=True):
         for i in range(steps):
             ours, theirs = self.step(i)
@@ -126,7 +134,11 @@ class ReferenceTrial(Trial):
 
 
 def run_against_reference(ours_cls, theirs_cls, kwargs, dtype, *, steps=12, complex_param=False, **options):
-    """``steps`` steps of ours and the reference on the standard problem, compared after each."""
+    """``steps`` steps of ours and the reference on the standard problem, compared after each.
+
+    By default bit for bit, with fastoptim's reference rules; ``backend="auto", tol=TOLERANCE[dtype]``
+    checks what users run by default (the fast kernels).
+    """
     trial = ReferenceTrial(
         ours_cls, theirs_cls, kwargs, dtype, problem=Problem.make(dtype, complex_param=complex_param), **options
     )
@@ -314,7 +326,8 @@ def assert_late_parameter_matches_reference(ours_cls, theirs_cls, kwargs, dtype=
         for opt, params in made:
             params[0].grad = grads[0].clone()
             params[1].grad = grads[1].clone() if step >= joins_at else None
-            opt.step()
+            with use_backend("reference"):
+                opt.step()
         assert_matches_reference(made[0][0], made[1][0], EXACT, f"step {step}", our_only, their_only)
 
 

@@ -9,6 +9,7 @@ import torch
 
 import fastoptim
 from fastoptim.lr_scheduler import CosineAnnealingLR
+from parity import TOLERANCE
 from reference_checks import (
     assert_kernel_matches_reference,
     assert_defaults_match,
@@ -132,3 +133,12 @@ def test_grad_scaler_skips_nonfinite_steps():
 def test_kernel_matches_reference_rule(kwargs, dtype):
     pytest.importorskip("numba")
     assert_kernel_matches_reference(fastoptim.Adan, kwargs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
+    """What users run by default (the fast kernel where it applies) against the reference package."""
+    run_against_reference(
+        fastoptim.Adan, pytorch_optimizer.Adan, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype],
+        complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY,
+    )

@@ -146,3 +146,11 @@ def test_fastoptim_scheduler_drives_the_lr():
 
 def test_grad_scaler_skips_nonfinite_steps():
     assert_grad_scaler_skips_nonfinite(fastoptim.Lamb, {"lr": 1e-2, "weight_decay": 0.1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
+    """What users run by default (the fast kernel where it applies) against the reference package."""
+    run_against_reference(
+        fastoptim.Lamb, pytorch_optimizer.Lamb, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype], our_only=OUR_ONLY, their_only=THEIR_ONLY
+    )

@@ -8,6 +8,7 @@ import torch
 import fastoptim
 from fastoptim.algorithms.lars import lars_trust_ratio
 from fastoptim.lr_scheduler import CosineAnnealingLR
+from parity import TOLERANCE
 from reference_checks import (
     assert_defaults_match,
     assert_grad_untouched,
@@ -103,3 +104,12 @@ def test_fastoptim_scheduler_drives_the_lr():
 
 def test_grad_scaler_skips_nonfinite_steps():
     assert_grad_scaler_skips_nonfinite(fastoptim.LARS, {"lr": 0.5, "weight_decay": 0.1})
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
+    """What users run by default (the fast kernel where it applies) against the reference package."""
+    run_against_reference(
+        fastoptim.LARS, pytorch_optimizer.LARS, {"lr": 0.5, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype],
+        complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY,
+    )

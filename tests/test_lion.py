@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import fastoptim
+from fastoptim.kernels.dispatch import use_backend
 from fastoptim.lr_scheduler import CosineAnnealingLR, LambdaLR
+from parity import TOLERANCE
 from reference_checks import (
     assert_kernel_matches_reference,
     assert_follows_scheduler,
@@ -54,7 +56,8 @@ def test_maximize_equals_minimizing_the_negated_gradient():
     for step in range(5):
         g = torch.randn(9, generator=torch.Generator().manual_seed(step))
         a.grad, b.grad = g.clone(), -g
-        ours.step()
+        with use_backend("reference"):
+            ours.step()
         theirs.step()
         assert torch.equal(a, b)
         assert torch.equal(ours.state[a]["exp_avg"], theirs.state[b]["exp_avg"])  # both averaged −g
@@ -77,7 +80,8 @@ def test_nonfinite_gradients_propagate_like_lion_pytorch():
         g = torch.linspace(-2, 2, 12)
         g[step] = specials[step]
         a.grad, b.grad = g.clone(), g.clone()
-        ours.step()
+        with use_backend("reference"):
+            ours.step()
         theirs.step()
         assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0))
         assert torch.equal(ours.state[a]["exp_avg"].nan_to_num(7.0), theirs.state[b]["exp_avg"].nan_to_num(7.0))
@@ -144,3 +148,11 @@ def test_grad_scaler_skips_nonfinite_steps():
 def test_kernel_matches_reference_rule(kwargs, dtype):
     pytest.importorskip("numba")
     assert_kernel_matches_reference(fastoptim.Lion, kwargs, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_backend_matches_lion_pytorch_to_rounding(dtype):
+    """What users run by default (the fast kernel where it applies) against the reference package."""
+    run_against_reference(
+        fastoptim.Lion, lion_pytorch.Lion, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype], complex_param=True, our_only=OUR_ONLY
+    )

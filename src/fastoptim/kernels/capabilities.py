@@ -134,6 +134,22 @@ TABLE: tuple[Capability, ...] = (
         excludes=(),
         covers="decoupled or proximal weight decay, maximize; bias corrections from the group's step",
     ),
+    Capability(
+        "AdamWScheduleFree",
+        "fastoptim.algorithms.schedule_free.adamw_schedule_free_reference",
+        "fastoptim.kernels.cpu.schedule_free",
+        excludes=(),
+        tensor_options=(),
+        covers="weight decay at y, warmup and averaging weights (per group, in Python); train()/eval() are torch ops",
+    ),
+    Capability(
+        "SGDScheduleFree",
+        "fastoptim.algorithms.schedule_free.sgd_schedule_free_reference",
+        "fastoptim.kernels.cpu.schedule_free",
+        excludes=(),
+        tensor_options=(),
+        covers="weight decay at y, warmup and averaging weights (per group, in Python); train()/eval() are torch ops",
+    ),
 )
 
 _BY_REFERENCE = {cap.reference: cap for cap in TABLE}
