@@ -147,6 +147,10 @@ def explain(optimizer: Any) -> list[dict[str, Any]]:
     out = []
     for group in optimizer.param_groups:
         params = [p for p in group["params"] if p.grad is not None] or list(group["params"])
+        if not hasattr(optimizer, "_rule_options"):
+            reason = f"{type(optimizer).__name__} is not an element-wise optimizer"
+            out.append({"backend": REFERENCE, "kernel": 0, "reference": len(params), "reasons": [reason]})
+            continue
         options = optimizer._rule_options(group)
         if requested == REFERENCE:
             out.append({"backend": REFERENCE, "kernel": 0, "reference": len(params), "reasons": ["backend forced"]})

@@ -56,6 +56,19 @@ def source_hash() -> str:
 
 SOURCE_HASH = source_hash()
 
+#: LLVM fast-math flags of every kernel.  Not numba's ``fastmath=True``: 'nnan'
+#: and 'ninf' would let LLVM assume that no NaN or inf occurs, while torch
+#: propagates them (a NaN gradient must give a NaN parameter, amsgrad's max must
+#: keep a NaN).  Why these (measurements): docs/kernels.md.  For such
+#: measurements ``FASTOPTIM_FASTMATH`` ("none" or a comma-separated list)
+#: replaces them; the flags are part of the cache directory's name, since
+#: numba's cache index does not record them.
+_DEFAULT_FASTMATH = frozenset({"contract", "nsz", "arcp", "afn", "reassoc"})
+FASTMATH = _DEFAULT_FASTMATH
+_override = os.environ.get("FASTOPTIM_FASTMATH")
+if _override is not None:
+    FASTMATH = frozenset(f.strip() for f in _override.split(",") if f.strip() and f.strip() != "none")
+
 
 def _base_dir() -> str:
     explicit = os.environ.get("FASTOPTIM_CACHE_DIR")
@@ -69,6 +82,8 @@ def _base_dir() -> str:
 
 def _usable_dir() -> str | None:
     version = f"numba{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{SOURCE_HASH[:16]}"
+    if FASTMATH != _DEFAULT_FASTMATH:
+        version += "-fm-" + "-".join(sorted(FASTMATH) or ["none"])
     path = os.path.join(_base_dir(), version)
     try:
         os.makedirs(path, exist_ok=True)

@@ -41,11 +41,8 @@ from . import _cache
 
 # ----------------------------------------------------------------------------- flags
 
-#: fastmath flags of every kernel.  Not numba's ``fastmath=True``: 'nnan' and
-#: 'ninf' would let LLVM assume that no NaN or inf occurs, while torch
-#: propagates them (a NaN gradient must give a NaN parameter, amsgrad's max must
-#: keep a NaN).  What the remaining flags buy was measured (docs/kernels.md).
-FASTMATH = frozenset({"contract", "nsz", "arcp", "afn", "reassoc"})
+#: fastmath flags of every kernel (see :data:`_cache.FASTMATH`).
+FASTMATH = _cache.FASTMATH
 
 
 def kernel(fn: Callable) -> Any:
@@ -144,44 +141,59 @@ def bump_steps(table, col):
 
 
 @numba.njit(inline="always")
-def plan(table, grain):
-    """Chunks of about ``grain`` elements: returns ``(segments, starts)``.
-
-    ``segments[s] = (t, lo, n)``: elements ``lo .. lo+n`` of tensor ``t``;
-    chunk ``c`` is ``segments[starts[c] : starts[c+1]]``.  Small tensors share
-    a chunk; a big tensor is split at multiples of 64 elements (whole cache lines).
-    """
-    count = table.shape[0]
-    capacity = count + 1
-    for t in range(count):
-        capacity += table[t, NUMEL] // grain + 1
-    segments = np.empty((capacity, 3), np.int64)
-    starts = np.empty(capacity + 1, np.int64)
+def _cut(table, grain, segments, starts, fill):
+    """Walk the tensors cutting chunks; write them when ``fill``.  Returns (segments, chunks)."""
     nseg = 0
     nchunk = 0
     room = grain
-    starts[0] = 0
-    for t in range(count):
+    for t in range(table.shape[0]):
         n = table[t, NUMEL]
         lo = 0
         while lo < n:
             take = n - lo
             if take > room:
-                take = min(max((room // 64) * 64, 64), take)
-            segments[nseg, 0] = t
-            segments[nseg, 1] = lo
-            segments[nseg, 2] = take
+                take = (room // 64) * 64  # split a tensor at whole cache lines
+                if take == 0:  # not a cache line left: start the next chunk
+                    if fill:
+                        starts[nchunk + 1] = nseg
+                    nchunk += 1
+                    room = grain
+                    continue
+            if fill:
+                segments[nseg, 0] = t
+                segments[nseg, 1] = lo
+                segments[nseg, 2] = take
             nseg += 1
             lo += take
             room -= take
-            if room <= 0:
+            if room < 64:
+                if fill:
+                    starts[nchunk + 1] = nseg
                 nchunk += 1
-                starts[nchunk] = nseg
                 room = grain
-    if room < grain:
+    if room < grain:  # the last, partly filled chunk
+        if fill:
+            starts[nchunk + 1] = nseg
         nchunk += 1
-        starts[nchunk] = nseg
-    return segments, starts[: nchunk + 1]
+    return nseg, nchunk
+
+
+@numba.njit(inline="always")
+def plan(table, grain):
+    """Chunks of about ``grain`` elements: returns ``(segments, starts)``.
+
+    ``segments[s] = (t, lo, n)``: elements ``lo .. lo+n`` of tensor ``t``;
+    chunk ``c`` is ``segments[starts[c] : starts[c+1]]``.  Small tensors share
+    a chunk; a big tensor is split at multiples of 64 elements (whole cache
+    lines); empty tensors get no segment.
+    """
+    grain = max(grain, 64)
+    nseg, nchunk = _cut(table, grain, np.empty((0, 3), np.int64), np.empty(1, np.int64), False)
+    segments = np.empty((nseg, 3), np.int64)
+    starts = np.empty(nchunk + 1, np.int64)
+    starts[0] = 0
+    _cut(table, grain, segments, starts, True)
+    return segments, starts
 
 
 @intrinsic
@@ -287,6 +299,7 @@ def lerp(start, end, weight, one):
 # ----------------------------------------------------------------------------- Python side
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)
+_STRIDED = torch.strided
 #: parameter dtype -> the numpy dtype its elements are stored as (bfloat16 as raw uint16)
 STORAGE = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16: np.uint16}
 _WITNESS = {dtype: np.empty(0, storage) for dtype, storage in STORAGE.items()}
@@ -325,7 +338,11 @@ def _same_layout(p: Tensor, others: Sequence[Tensor]) -> bool:
 
 
 def why_not(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Sequence[Any] = ()) -> str | None:
-    """Why a kernel cannot update this parameter exactly as the reference rule does (None: it can)."""
+    """Why a kernel cannot update this parameter exactly as the reference rule does (None: it can).
+
+    (``requires_grad`` on state does not matter: the reference updates it in
+    place with grad mode off, as the kernel does.)
+    """
     dtype = p.dtype
     if dtype not in STORAGE:
         return f"dtype {dtype}"
@@ -333,27 +350,49 @@ def why_not(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Seq
         return f"tensor subclass {type(p).__name__}"
     if not p.is_cpu:
         return f"device {p.device}"
-    if p.layout is not torch.strided:
+    if p.layout is not _STRIDED:
         return f"layout {p.layout}"
     if grad is None:
         return "no gradient"
-    if type(grad) not in _PLAIN_TYPES or grad.layout is not torch.strided or not grad.is_cpu:
+    if type(grad) not in _PLAIN_TYPES or grad.layout is not _STRIDED or not grad.is_cpu:
         return "sparse, subclass or non-CPU gradient"
     if grad.dtype is not dtype:
         return f"gradient dtype {grad.dtype} differs from parameter dtype {dtype}"
     for b in buffers:
-        if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or b.layout is not torch.strided:
+        if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or b.layout is not _STRIDED:
             return "a state buffer of another dtype, device or layout"
-        if b.requires_grad:
-            return "a state buffer requires grad"
     for s in scalars:
-        if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu:
-            return "a scalar state (step, ...) is not a float32/float64 CPU tensor"
-        if s.numel() != 1 or s.requires_grad:
-            return "a scalar state (step, ...) is not a plain 1-element tensor"
+        if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu or s.numel() != 1:
+            return "a scalar state (step, ...) is not a 1-element float32/float64 CPU tensor"
     if not _same_layout(p, (grad, *buffers)):
         return "non-dense layout, or state/gradient strided differently from the parameter"
     return None
+
+
+def _plain(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Sequence[Any]) -> bool:
+    """The common case, checked quickly: all contiguous CPU tensors of one dtype (a subset of ``why_not() is None``)."""
+    try:
+        dtype = p.dtype
+        if (
+            dtype not in STORAGE
+            or type(p) not in _PLAIN_TYPES
+            or type(grad) not in _PLAIN_TYPES
+            or grad.dtype is not dtype
+            or not (p.is_cpu and grad.is_cpu)
+            or p.layout is not _STRIDED
+            or grad.layout is not _STRIDED
+            or not (p.is_contiguous() and grad.is_contiguous())
+        ):
+            return False
+        for b in buffers:
+            if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or not b.is_contiguous():
+                return False
+        for s in scalars:
+            if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu or s.numel() != 1:
+                return False
+    except (AttributeError, RuntimeError):  # not tensors; sparse buffers have no strides
+        return False
+    return True
 
 
 class Batch:
@@ -427,11 +466,12 @@ def gather(
             bufs, scals = [], []
         if dry_run and grad is None:
             grad = p
-        reason = why_not(p, grad, bufs, scals)
-        if reason is not None:
-            out.rest.append(p)
-            out.reasons.append(reason)
-            continue
+        if not _plain(p, grad, bufs, scals):
+            reason = why_not(p, grad, bufs, scals)
+            if reason is not None:
+                out.rest.append(p)
+                out.reasons.append(reason)
+                continue
         if dry_run:
             continue
         batch = batches.get(p.dtype)
