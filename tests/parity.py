@@ -193,7 +193,8 @@ class Trial:
         specs = [{"params": groups[0]}, {"params": groups[1]}]
         if "lr" not in kwargs or not torch.is_tensor(kwargs["lr"]):
             # a 1x1 stand-in: Muon accepts 2-D parameters only
-            specs[1]["lr"] = 0.5 * (kwargs.get("lr", None) or cls([torch.zeros(1, 1, requires_grad=True)]).defaults["lr"])
+            stand_in = torch.zeros(1, 1, requires_grad=True)
+            specs[1]["lr"] = 0.5 * (kwargs.get("lr", None) or cls([stand_in]).defaults["lr"])
         return cls(specs, **kwargs), leaves
 
     @staticmethod

@@ -8,9 +8,18 @@ import pytest
 import torch
 
 import fastoptim
-from algorithm_checks import assert_nonfinite_like_torch, assert_signature_matches
+from algorithm_checks import (
+    assert_legacy_step_loads,
+    assert_nonfinite_like_torch,
+    assert_pickle_roundtrip,
+    assert_signature_matches,
+)
+from extra_checks import (
+    assert_complex_rejected_before_any_change,
+    assert_sparse_gradient_rejected_like_torch,
+    problem_of,
+)
 from parity import EXACT, TOLERANCE, Problem, Trial, assert_same, assert_same_optimizer
-from extra_checks import assert_copies_step_identically, problem_of
 
 CONFIGS = [
     {},
@@ -110,22 +119,11 @@ def test_nan_and_inf_propagate_like_torch():
 
 
 def test_complex_param_is_rejected_before_any_change():
-    real = torch.ones(2, 3, requires_grad=True)
-    cplx = torch.ones(2, 3, dtype=torch.complex64, requires_grad=True)
-    opt = fastoptim.Adafactor([{"params": [real]}, {"params": [cplx]}])
-    real.grad, cplx.grad = torch.ones_like(real), torch.ones_like(cplx)
-    with pytest.raises(RuntimeError, match="^Adafactor does not support complex parameters$"):
-        opt.step()
-    # torch has already updated the first group when it reaches the second; fastoptim changes nothing
-    assert torch.equal(real, torch.ones(2, 3)) and len(opt.state) == 0
+    assert_complex_rejected_before_any_change("Adafactor")
 
 
 def test_sparse_gradient_raises_like_torch():
-    for cls in (fastoptim.Adafactor, torch.optim.Adafactor):
-        p = torch.ones(4, 2, requires_grad=True)
-        p.grad = torch.eye(4, 2).to_sparse()
-        with pytest.raises(RuntimeError, match="^Adafactor does not support sparse gradients$"):
-            cls([p]).step()
+    assert_sparse_gradient_rejected_like_torch("Adafactor")
 
 
 @pytest.mark.parametrize(
@@ -148,20 +146,11 @@ def test_constructor_errors_have_torchs_messages(kwargs, message):
 
 
 def test_pickle_and_deepcopy_step_on_identically():
-    assert_copies_step_identically(lambda: exact_trial({"weight_decay": 0.1}, torch.float64, steps=4))
+    assert_pickle_roundtrip("Adafactor", {"weight_decay": 0.1}, complex_param=False)
 
 
 def test_numeric_step_of_old_checkpoints_loads_like_torch():
-    trial = exact_trial({}, torch.float64, steps=3)
-    legacy = copy.deepcopy(trial.theirs.state_dict())
-    for entry in legacy["state"].values():
-        entry["step"] = entry["step"].item()
-    trial.ours.load_state_dict(copy.deepcopy(legacy))
-    trial.theirs.load_state_dict(legacy)
-    assert_same_optimizer(trial.ours, trial.theirs, EXACT, "after loading")
-    for i in range(3, 6):
-        trial.step(i)
-        assert_same_optimizer(trial.ours, trial.theirs, EXACT, f"step {i}")
+    assert_legacy_step_loads("Adafactor", {}, complex_param=False)
 
 
 def test_loading_a_state_without_either_layout_is_rejected_and_changes_nothing():

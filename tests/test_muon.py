@@ -10,8 +10,12 @@ import torch
 from torch.optim._muon import _zeropower_via_newtonschulz as torch_newton_schulz
 
 import fastoptim
-from algorithm_checks import assert_signature_matches
-from extra_checks import assert_copies_step_identically, problem_of
+from algorithm_checks import assert_copies_step_identically, assert_signature_matches
+from extra_checks import (
+    assert_complex_rejected_before_any_change,
+    assert_sparse_gradient_rejected_like_torch,
+    problem_of,
+)
 from fastoptim.algorithms import muon
 from fastoptim.algorithms.muon import newton_schulz, newton_schulz_batched
 from parity import EXACT, Trial, assert_same, assert_same_optimizer
@@ -67,6 +71,14 @@ def test_same_shapes_share_one_batched_newton_schulz(monkeypatch):
     # the transposed (20, 33) has its own layout bucket; the small matrices stay per-matrix
     assert sorted(calls) == sorted([(2, 20, 33), (1, 20, 33), (1, 40, 17), (1, 40, 17), (1, 24, 24)])
     assert len(trial.ours.state) == 9
+
+
+def test_forced_reference_backend_runs_per_matrix(monkeypatch):
+    from fastoptim.kernels.dispatch import use_backend
+
+    monkeypatch.setattr(muon, "newton_schulz_batched", None)  # would raise if called
+    with use_backend("reference"):
+        muon_trial({}, torch.float32, steps=3)
 
 
 def test_batches_are_cut_to_the_element_budget():
@@ -168,21 +180,11 @@ def test_state_is_lazy_and_laid_out_like_the_gradient():
 
 
 def test_complex_param_is_rejected_before_any_change():
-    real = torch.ones(2, 3, requires_grad=True)
-    cplx = torch.ones(2, 3, dtype=torch.complex64, requires_grad=True)
-    opt = fastoptim.Muon([{"params": [real]}, {"params": [cplx]}])
-    real.grad, cplx.grad = torch.ones_like(real), torch.ones_like(cplx)
-    with pytest.raises(RuntimeError, match="^Muon does not support complex parameters$"):
-        opt.step()
-    assert torch.equal(real, torch.ones(2, 3)) and len(opt.state) == 0
+    assert_complex_rejected_before_any_change("Muon")
 
 
 def test_sparse_gradient_raises_like_torch():
-    for cls in (fastoptim.Muon, torch.optim.Muon):
-        p = torch.ones(4, 2, requires_grad=True)
-        p.grad = torch.eye(4, 2).to_sparse()
-        with pytest.raises(RuntimeError, match="^Muon does not support sparse gradients$"):
-            cls([p]).step()
+    assert_sparse_gradient_rejected_like_torch("Muon")
 
 
 @pytest.mark.parametrize(

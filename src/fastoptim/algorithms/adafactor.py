@@ -201,7 +201,8 @@ class Adafactor(ElementwiseOptimizer):
             if "step" not in keys or not ({"row_var", "col_var"} <= keys or "variance" in keys):
                 raise ValueError(
                     f"loaded state of parameter {key!r} has keys {sorted(map(str, keys))}, but Adafactor keeps "
-                    "'step' and either 'row_var' and 'col_var' or 'variance': is it the state_dict of another optimizer class?"
+                    "'step' and either 'row_var' and 'col_var' or 'variance': "
+                    "is it the state_dict of another optimizer class?"
                 )
 
     def _rule_options(self, group: dict) -> dict:

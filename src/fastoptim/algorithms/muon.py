@@ -39,8 +39,8 @@ torch.optim.Muon bit for bit.
    the last bit of a bfloat16 product, which NS's five iterations carry into
    the update (an update is a bfloat16 matrix with entries of size about 1,
    so a difference is about lr · 2⁻⁸ per step in a parameter).  Set
-   ``optimizer.batch_newton_schulz = False`` to run torch's per-matrix
-   sequence exactly (:func:`muon_reference`).
+   ``optimizer.batch_newton_schulz = False`` (or ``FASTOPTIM_BACKEND=reference``)
+   to run torch's per-matrix sequence exactly (:func:`muon_reference`).
 
 .. warning:: Differences from torch: every check (complex, sparse, non-2-D
    gradient, ``ns_steps``/``ns_coefficients``) runs before anything changes,
@@ -244,7 +244,8 @@ def muon_batched_(
         if device.type == "cpu" and min(shape) < CPU_BATCH_MIN_DIM:
             for i in members:
                 update = _momentum_update(grads[i], momentum_buffers[i], momentum, nesterov)
-                _apply_update(params[i], newton_schulz(update, ns_coefficients, ns_steps, eps), lr, weight_decay, adjust_lr_fn)
+                ortho = newton_schulz(update, ns_coefficients, ns_steps, eps)
+                _apply_update(params[i], ortho, lr, weight_decay, adjust_lr_fn)
             continue
         per_batch = max(1, max_batch_elements // max(1, shape.numel()))
         for start in range(0, len(members), per_batch):
@@ -282,8 +283,9 @@ class Muon(ElementwiseOptimizer):
         ns_steps: NS iterations k (default 5; must be < 100).
         adjust_lr_fn: ``None``/``"original"`` (γ·√max(1, A/B)) or ``"match_rms_adamw"`` (0.2·γ·√max(A, B)).
 
-    Set ``batch_newton_schulz = False`` (on the class or an instance) to run
-    torch's per-matrix sequence instead of the batched one.
+    Set ``batch_newton_schulz = False`` (on the class or an instance), or force
+    the reference backend (``FASTOPTIM_BACKEND=reference``), to run torch's
+    per-matrix sequence instead of the batched one.
 
     Example::
 
@@ -349,7 +351,11 @@ class Muon(ElementwiseOptimizer):
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Perform one optimisation step (``closure`` re-evaluates the loss)."""
-        if not self.batch_newton_schulz:
+        from ..kernels.dispatch import requested_backend
+
+        if not self.batch_newton_schulz or requested_backend() != "auto":
+            # per matrix through the dispatcher: the reference rule ("reference"),
+            # or the error of a strict "numba" request (Muon has no numba kernel)
             return super().step(closure)
         loss = None
         if closure is not None:
