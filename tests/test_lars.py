@@ -10,6 +10,7 @@ from fastoptim.algorithms.lars import lars_trust_ratio
 from fastoptim.lr_scheduler import CosineAnnealingLR
 from parity import TOLERANCE
 from reference_checks import (
+    assert_kernel_matches_reference,
     assert_defaults_match,
     assert_grad_untouched,
     assert_follows_scheduler,
@@ -113,3 +114,19 @@ def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
         fastoptim.LARS, pytorch_optimizer.LARS, {"lr": 0.5, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype],
         complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY,
     )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 0.1},
+        {"lr": 0.1, "weight_decay": 0.1, "nesterov": True, "maximize": True, "trust_coefficient": 0.02},
+        {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.1},
+        {"lr": 0.1, "momentum": 0.5, "dampening": 0.3, "weight_decay": 0.01},
+    ],
+    ids=str,
+)
+def test_kernel_matches_reference_rule(kwargs, dtype):
+    pytest.importorskip("numba")
+    assert_kernel_matches_reference(fastoptim.LARS, kwargs, dtype)

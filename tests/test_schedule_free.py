@@ -217,11 +217,7 @@ def test_invalid_arguments(cls, bad, message):
 )
 def test_kernel_matches_reference_rule(name, kwargs, dtype):
     pytest.importorskip("numba")
-    # bfloat16: torch's scalar tail loop (the last elements of each thread's range) rounds alpha·ĝ of
-    # ``add_(ĝ, alpha)`` to bfloat16 before adding, its vector loop does not; with SGD's large steps the
-    # reference itself then differs by an ulp at those elements, and z carries the ulps over the steps.
-    tol = dict(rtol=3e-2, atol=1e-2) if dtype == torch.bfloat16 and name == "SGD" else None
-    assert_kernel_matches_reference(PAIRS[name][0], kwargs, dtype, prepare=train, tol=tol)
+    assert_kernel_matches_reference(PAIRS[name][0], kwargs, dtype, prepare=train)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

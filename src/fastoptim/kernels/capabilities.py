@@ -135,6 +135,14 @@ TABLE: tuple[Capability, ...] = (
         covers="decoupled or proximal weight decay, maximize; bias corrections from the group's step",
     ),
     Capability(
+        "LARS",
+        "fastoptim.algorithms.lars.lars_reference",
+        "fastoptim.kernels.cpu.lars",
+        excludes=(),
+        covers="trust ratios (the reference's norms, computed by torch while gathering), momentum, nesterov, "
+        "dampening, weight decay, maximize",
+    ),
+    Capability(
         "AdamWScheduleFree",
         "fastoptim.algorithms.schedule_free.adamw_schedule_free_reference",
         "fastoptim.kernels.cpu.schedule_free",
