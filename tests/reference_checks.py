@@ -313,8 +313,10 @@ def assert_kernel_matches_reference(
         assert_matches_reference(fast, ref, tol, f"{cls.__name__} {kwargs} {dtype} step {step}")
 
 
-def assert_late_parameter_matches_reference(ours_cls, theirs_cls, kwargs, dtype=torch.float64, *, prepare: Prepare = None,
-                                            our_only=(), their_only=(), steps=8, joins_at=3) -> None:
+def assert_late_parameter_matches_reference(
+    ours_cls, theirs_cls, kwargs, dtype=torch.float64, *, prepare: Prepare = None, our_only=(), their_only=(), steps=8,
+    joins_at=3,
+) -> None:
     """A parameter whose first gradient arrives at step ``joins_at`` is treated as the reference treats it
     (group-level counters: its first update already uses the group's step count)."""
     gen = torch.Generator().manual_seed(3)

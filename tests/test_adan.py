@@ -1,4 +1,4 @@
-"""Adan against ``pytorch_optimizer.Adan`` (its default foreach path; the per-parameter path does the same arithmetic)."""
+"""Adan against ``pytorch_optimizer.Adan`` (default foreach path; the per-parameter one computes the same)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 # The reference keeps maximize on the optimizer; fastoptim has no max_grad_norm or foreach.
 OUR_ONLY = ("maximize",)
 THEIR_ONLY = ("max_grad_norm", "foreach")
+SIDES = dict(our_only=OUR_ONLY, their_only=THEIR_ONLY)
 
 CONFIGS = [
     {},
@@ -42,14 +43,14 @@ CONFIGS = [
 def test_bitwise_equal_to_pytorch_optimizer(kwargs, dtype):
     """Parameters (complex, 0-dim, transposed included), all four buffers and the group step, 12 steps."""
     run_against_reference(
-        fastoptim.Adan, pytorch_optimizer.Adan, kwargs, dtype, complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY
+        fastoptim.Adan, pytorch_optimizer.Adan, kwargs, dtype, complex_param=True, **SIDES
     )
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"lr": 1e-2, "weight_decay": 0.1, "weight_decouple": True}], ids=str)
 def test_parameter_joining_late_uses_the_group_step(kwargs):
     assert_late_parameter_matches_reference(
-        fastoptim.Adan, pytorch_optimizer.Adan, kwargs, our_only=OUR_ONLY, their_only=THEIR_ONLY
+        fastoptim.Adan, pytorch_optimizer.Adan, kwargs, **SIDES
     )
 
 
@@ -103,7 +104,7 @@ def test_state_dict_round_trip(dtype):
 def test_reference_state_dict_loads_and_continues_identically():
     """A checkpoint of pytorch_optimizer.Adan resumes in fastoptim.Adan exactly where the reference goes on."""
     trial = run_against_reference(
-        fastoptim.Adan, pytorch_optimizer.Adan, {"lr": 1e-2}, torch.float64, steps=4, our_only=OUR_ONLY, their_only=THEIR_ONLY
+        fastoptim.Adan, pytorch_optimizer.Adan, {"lr": 1e-2}, torch.float64, steps=4, **SIDES
     )
     fresh_params = [[p.detach().clone().requires_grad_() for p in g["params"]] for g in trial.theirs.param_groups]
     resumed = fastoptim.Adan([{"params": fresh_params[0]}, {"params": fresh_params[1], "lr": 5e-3}], lr=1e-2)
@@ -113,7 +114,8 @@ def test_reference_state_dict_loads_and_continues_identically():
 
 
 def test_fastoptim_scheduler_drives_the_lr():
-    assert_follows_scheduler(fastoptim.Adan, {"lr": 1e-2, "weight_decay": 0.1}, lambda opt: CosineAnnealingLR(opt, T_max=6))
+    kwargs = {"lr": 1e-2, "weight_decay": 0.1}
+    assert_follows_scheduler(fastoptim.Adan, kwargs, lambda opt: CosineAnnealingLR(opt, T_max=6))
 
 
 def test_grad_scaler_skips_nonfinite_steps():
@@ -139,6 +141,6 @@ def test_kernel_matches_reference_rule(kwargs, dtype):
 def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
     """What users run by default (the fast kernel where it applies) against the reference package."""
     run_against_reference(
-        fastoptim.Adan, pytorch_optimizer.Adan, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype],
-        complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY,
+        fastoptim.Adan, pytorch_optimizer.Adan, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto",
+        tol=TOLERANCE[dtype], complex_param=True, **SIDES,
     )

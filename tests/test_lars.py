@@ -1,4 +1,4 @@
-"""LARS against ``pytorch_optimizer.LARS`` (its default foreach path; the per-parameter path does the same arithmetic)."""
+"""LARS against ``pytorch_optimizer.LARS`` (default foreach path; the per-parameter one computes the same)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 
 OUR_ONLY = ("maximize",)  # the reference keeps maximize on the optimizer
 THEIR_ONLY = ("foreach",)
+SIDES = dict(our_only=OUR_ONLY, their_only=THEIR_ONLY)
 
 CONFIGS = [
     {},
@@ -40,13 +41,13 @@ CONFIGS = [
 def test_bitwise_equal_to_pytorch_optimizer(kwargs, dtype):
     """Matrices (trust ratio), vectors and 0-dim (plain momentum SGD), a complex matrix; 12 steps."""
     run_against_reference(
-        fastoptim.LARS, pytorch_optimizer.LARS, kwargs, dtype, complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY
+        fastoptim.LARS, pytorch_optimizer.LARS, kwargs, dtype, complex_param=True, **SIDES
     )
 
 
 def test_parameter_joining_late():
     assert_late_parameter_matches_reference(
-        fastoptim.LARS, pytorch_optimizer.LARS, {"lr": 0.3, "weight_decay": 0.1}, our_only=OUR_ONLY, their_only=THEIR_ONLY
+        fastoptim.LARS, pytorch_optimizer.LARS, {"lr": 0.3, "weight_decay": 0.1}, **SIDES
     )
 
 
@@ -96,11 +97,13 @@ def test_invalid_arguments(bad, message):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_state_dict_round_trip(dtype):
-    assert_state_dict_roundtrip(fastoptim.LARS, {"lr": 0.5, "weight_decay": 0.1, "nesterov": True}, dtype, complex_param=True)
+    kwargs = {"lr": 0.5, "weight_decay": 0.1, "nesterov": True}
+    assert_state_dict_roundtrip(fastoptim.LARS, kwargs, dtype, complex_param=True)
 
 
 def test_fastoptim_scheduler_drives_the_lr():
-    assert_follows_scheduler(fastoptim.LARS, {"lr": 0.5, "weight_decay": 0.1}, lambda opt: CosineAnnealingLR(opt, T_max=6))
+    kwargs = {"lr": 0.5, "weight_decay": 0.1}
+    assert_follows_scheduler(fastoptim.LARS, kwargs, lambda opt: CosineAnnealingLR(opt, T_max=6))
 
 
 def test_grad_scaler_skips_nonfinite_steps():
@@ -111,8 +114,8 @@ def test_grad_scaler_skips_nonfinite_steps():
 def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
     """What users run by default (the fast kernel where it applies) against the reference package."""
     run_against_reference(
-        fastoptim.LARS, pytorch_optimizer.LARS, {"lr": 0.5, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype],
-        complex_param=True, our_only=OUR_ONLY, their_only=THEIR_ONLY,
+        fastoptim.LARS, pytorch_optimizer.LARS, {"lr": 0.5, "weight_decay": 0.1}, dtype, backend="auto",
+        tol=TOLERANCE[dtype], complex_param=True, **SIDES,
     )
 
 

@@ -154,5 +154,6 @@ def test_kernel_matches_reference_rule(kwargs, dtype):
 def test_default_backend_matches_lion_pytorch_to_rounding(dtype):
     """What users run by default (the fast kernel where it applies) against the reference package."""
     run_against_reference(
-        fastoptim.Lion, lion_pytorch.Lion, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto", tol=TOLERANCE[dtype], complex_param=True, our_only=OUR_ONLY
+        fastoptim.Lion, lion_pytorch.Lion, {"lr": 1e-2, "weight_decay": 0.1}, dtype, backend="auto",
+        tol=TOLERANCE[dtype], complex_param=True, our_only=OUR_ONLY,
     )

@@ -20,7 +20,7 @@ Training BERT in 76 minutes", ICLR, arXiv:1904.00962).
 group's step count ``group["step"]``.  Norms are L2 norms of the whole tensor.
 State per parameter: ``exp_avg`` (m), ``exp_avg_sq`` (v) and, written by each
 step for inspection, the 0-dim ``weight_norm`` (φ‖θ‖), ``adam_norm`` (‖u‖) and
-``trust_ratio`` (r).
+``trust_ratio`` (r) -- in the parameter's (real) dtype, as the reference keeps them.
 
 The trust ratio rescales each tensor's Adam step to the size of its weights,
 which lets BERT-scale batch sizes (and learning rates) train stably.
@@ -193,7 +193,10 @@ class Lamb(GroupStepOptimizer):
         fill_group_defaults(self, clamp=10.0, trust_clip=False, maximize=False)
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
-        return {"exp_avg": zeros_like(param), "exp_avg_sq": zeros_like(param)}
+        # The 0-dim norms and ratio exist from the start (the rule replaces them each step), so a kernel can fill them.
+        real = torch.zeros((), dtype=param.real.dtype if param.is_complex() else param.dtype, device=param.device)
+        state = {"exp_avg": zeros_like(param), "exp_avg_sq": zeros_like(param)}
+        return dict(state, weight_norm=real, adam_norm=real.clone(), trust_ratio=real.clone())
 
     def _advance_group(self, group: dict) -> None:
         group["step"] = group.get("step", 0) + 1

@@ -53,7 +53,7 @@ __all__ = ["LARS", "lars_reference", "lars_trust_ratio"]
 
 
 def lars_trust_ratio(param: Tensor, grad: Tensor, *, weight_decay: float, trust_coefficient: float) -> Tensor:
-    """``η‖θ‖ / (‖g‖ + λ‖θ‖)``, or 1 where a norm or the denominator is not positive (a 0-dim tensor)."""
+    """``η‖θ‖ / (‖g‖ + λ‖θ‖)``, or 1 where a norm or the denominator is not positive (0-dim)."""
     param_norm = torch.linalg.vector_norm(param)
     grad_norm = torch.linalg.vector_norm(grad)
     one = torch.ones_like(param_norm)

@@ -135,6 +135,14 @@ TABLE: tuple[Capability, ...] = (
         covers="decoupled or proximal weight decay, maximize; bias corrections from the group's step",
     ),
     Capability(
+        "Lamb",
+        "fastoptim.algorithms.lamb.lamb_reference",
+        "fastoptim.kernels.cpu.lamb",
+        excludes=(),
+        covers="two passes in one launch (moments and norms, then the step); every variant flag; float32/float64 "
+        "(bfloat16 falls back: its 0-dim norm state is bfloat16)",
+    ),
+    Capability(
         "LARS",
         "fastoptim.algorithms.lars.lars_reference",
         "fastoptim.kernels.cpu.lars",
