@@ -227,3 +227,23 @@ def test_default_backend_matches_schedulefree_to_rounding(name, dtype):
     """What users run by default (the fast kernel where it applies) against the reference package."""
     trial = make_trial(name, {"lr": 0.05, "weight_decay": 0.1}, dtype, tol=TOLERANCE[dtype], backend="auto")
     trial.run(12)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_trajectories_step_in_train_mode_and_draw_the_average(name):
+    """``fastoptim trajectories`` (testfunctions.path) switches Schedule-Free to train mode to step, and records x."""
+    from fastoptim.testfunctions import FUNCTIONS, path
+
+    function = FUNCTIONS["rosenbrock"]
+    points = path(function, lambda params: PAIRS[name][0](params, lr=0.01), steps=5)
+    point = torch.nn.Parameter(torch.tensor(function.start, dtype=torch.float64))
+    opt = PAIRS[name][0]([point], lr=0.01)
+    expected = [point.detach().clone()]
+    for _ in range(5):
+        opt.train()
+        opt.zero_grad()
+        function(point[0], point[1]).backward()
+        opt.step()
+        opt.eval()
+        expected.append(point.detach().clone())
+    assert torch.equal(points, torch.stack(expected))

@@ -108,9 +108,16 @@ def path(
         value.backward()
         return value
 
+    # Schedule-Free optimizers step in train mode (the parameter holds y) and are evaluated at their
+    # average x (eval mode): the path shows x.
+    switch = callable(getattr(optimizer, "train", None)) and callable(getattr(optimizer, "eval", None))
     visited = [point.detach().clone()]
     for _ in range(steps):
+        if switch:
+            optimizer.train()
         optimizer.step(closure)
+        if switch:
+            optimizer.eval()
         current = point.detach().clone()
         if not torch.isfinite(current).all():
             break
