@@ -59,7 +59,10 @@ def test_state_names_are_torchs(algorithm, traffic, shape):
     p = torch.zeros(shape, requires_grad=True)
     dense = torch.ones(shape)
     p.grad = paramsets.sparse_grad(dense, density=1.0) if algorithm == "SparseAdam" else dense
-    opt = getattr(torch.optim, algorithm)([p])
+    # the algorithms torch.optim lacks: fastoptim's class (its state names are the reference package's)
+    opt = (getattr(torch.optim, algorithm, None) or getattr(fastoptim, algorithm))([p])
+    if callable(getattr(opt, "train", None)):
+        opt.train()  # Schedule-Free
     opt.step()
     per_element = {k for k, v in opt.state[p].items() if torch.is_tensor(v) and v.shape == p.shape}
     buffers = (set(traffic.reads) | set(traffic.writes)) - {"param", "grad"}

@@ -49,13 +49,18 @@ from ._group_step import GroupStepOptimizer
 from ._rules import as_scalar, fill_group_defaults, signed_grad, zeros_like
 from ._validate import check_lr, check_non_negative
 
-__all__ = ["LARS", "lars_reference", "lars_trust_ratio"]
+__all__ = ["LARS", "lars_ratio_from_norms", "lars_reference", "lars_trust_ratio"]
 
 
 def lars_trust_ratio(param: Tensor, grad: Tensor, *, weight_decay: float, trust_coefficient: float) -> Tensor:
     """``η‖θ‖ / (‖g‖ + λ‖θ‖)``, or 1 where a norm or the denominator is not positive (0-dim)."""
-    param_norm = torch.linalg.vector_norm(param)
-    grad_norm = torch.linalg.vector_norm(grad)
+    return lars_ratio_from_norms(
+        torch.linalg.vector_norm(param), torch.linalg.vector_norm(grad), weight_decay, trust_coefficient
+    )
+
+
+def lars_ratio_from_norms(param_norm: Tensor, grad_norm: Tensor, weight_decay: float, trust_coefficient: float):
+    """The trust ratio from the norms (element-wise, so it takes stacked norms of many tensors too)."""
     one = torch.ones_like(param_norm)
     denominator = grad_norm + weight_decay * param_norm
     return torch.where(

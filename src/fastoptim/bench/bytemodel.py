@@ -82,11 +82,34 @@ BYTE_MODEL: dict[str, Traffic] = {
         ">= 2-D: the factored row_var/col_var need a full reduction pass over grad before any "
         "element can be updated, so grad is read twice; row_var/col_var are O(rows + cols)",
     ),
+    # the algorithms beyond torch.optim (benched against their reference packages)
+    "Lion": Traffic(("param", "grad", "exp_avg"), ("param", "exp_avg"), "one buffer; the update is a sign"),
+    "Lamb": Traffic(
+        ("param", "grad", "exp_avg", "exp_avg_sq", "param", "exp_avg", "exp_avg_sq"),
+        ("param", "exp_avg", "exp_avg_sq"),
+        "the trust ratio needs the norms of the weights and of the Adam update before any weight moves: "
+        "two passes (moments and norms, then the step; u is recomputed from m and v, not stored)",
+    ),
+    "LARS": Traffic(
+        ("param", "grad", "param", "grad", "momentum_buffer"),
+        ("param", "momentum_buffer"),
+        ">= 2-D: the trust ratio needs the norms of param and grad before any element moves, so both "
+        "are read twice; momentum=0.9 (default)",
+    ),
+    "Adan": Traffic(
+        ("param", "grad", "exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"),
+        ("param", "exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad"),
+    ),
+    "AdamWScheduleFree": Traffic(
+        ("param", "grad", "z", "exp_avg_sq"), ("param", "z", "exp_avg_sq"), "param holds y (train mode)"
+    ),
+    "SGDScheduleFree": Traffic(("param", "grad", "z"), ("param", "z"), "param holds y (train mode)"),
 }
 
 #: algorithms whose parameters of fewer than two dimensions keep a per-element state instead
 VECTOR_BYTE_MODEL: dict[str, Traffic] = {
     "Adafactor": Traffic(("param", "grad", "variance"), ("param", "variance"), "< 2-D: unfactored variance"),
+    "LARS": Traffic(("param", "grad", "momentum_buffer"), ("param", "momentum_buffer"), "< 2-D: no trust ratio"),
 }
 
 #: the bandwidth ceiling's own traffic: ``a.add_(b, alpha=s)`` reads a and b, writes a

@@ -61,6 +61,8 @@ def main(argv):
     for i, (algorithm, params) in enumerate(work):
         t1 = time.perf_counter()
         optimizer = getattr(module, algorithm)(params)
+        if callable(getattr(optimizer, "train", None)):
+            optimizer.train()  # Schedule-Free steps in train mode only
         t2 = time.perf_counter()
         optimizer.step()
         t3 = time.perf_counter()

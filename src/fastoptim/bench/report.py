@@ -6,7 +6,7 @@ from . import stats
 
 __all__ = ["fmt_ms", "markdown", "summary"]
 
-_VARIANT_ORDER = ["torch_forloop", "torch_foreach", "torch_fused", "fastoptim"]
+_VARIANT_ORDER = ["torch_forloop", "torch_foreach", "torch_fused", "reference_forloop", "reference", "fastoptim"]
 
 
 def _sig(x: float, digits: int = 3) -> str:
@@ -130,6 +130,19 @@ def _cold_table(data: dict) -> list[str]:
     return _table(header, rows)
 
 
+def _reference_note(data: dict) -> list[str]:
+    """Which reference package stands in for torch for the algorithms torch.optim lacks."""
+    packages = [f"{a}: `{per['reference']}`" for a, per in data["variant_notes"].items() if "reference" in per]
+    if not packages:
+        return []
+    return [
+        "",
+        "Algorithms torch.optim lacks are timed against the reference package their tests match, in its default "
+        "configuration (\"reference default\") and its for-loop path where it has one; \"vs best torch\" is then "
+        "vs the reference's best: " + "; ".join(packages) + ".",
+    ]
+
+
 def markdown(data: dict) -> str:
     env, cfg, ceiling = data["environment"], data["config"], data["ceiling"]
     out = ["# fastoptim bench", ""]
@@ -171,6 +184,7 @@ def markdown(data: dict) -> str:
         "Step-time cells: median ms (p25–p75) · % of the ceiling (GB/s from the byte model below). "
         "\"vs best torch\" = best torch variant's median / fastoptim's median (>1: fastoptim faster). "
         "n/a: torch has no such variant on CPU.",
+        *_reference_note(data),
     ]
     for set_name, info in data["param_sets"].items():
         out += [

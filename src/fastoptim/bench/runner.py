@@ -339,13 +339,16 @@ def _run_cell(
 
 
 def _derive(results: list[dict], ceiling_gbps: float | None) -> None:
-    """Fill in the cross-variant numbers: % of ceiling and speed-up vs torch's best."""
+    """Fill in the cross-variant numbers: % of ceiling and speed-up vs torch's best.
+
+    For an algorithm torch.optim lacks, "torch's best" is the reference package's best variant.
+    """
     cells: dict[tuple[str, str], list[dict]] = {}
     for row in results:
         cells.setdefault((row["algorithm"], row["param_set"]), []).append(row)
     for rows in cells.values():
         timed = [r for r in rows if r.get("time_s")]
-        torch_rows = [r for r in timed if r["library"] == "torch"]
+        torch_rows = [r for r in timed if r["library"] == "torch"] or [r for r in timed if r["library"] == "reference"]
         best = min(torch_rows, key=lambda r: r["time_s"]["median"], default=None)
         for r in timed:
             r["pct_ceiling"] = stats.percent_of(r.get("gbps"), ceiling_gbps)
@@ -474,7 +477,9 @@ def run(cfg: BenchConfig) -> dict:
             ran = [a for a in cfg.algorithms if a in timed]
             for library in ("fastoptim", "torch") if cfg.cold_torch else ("fastoptim",):
                 runs: dict[str, list[dict]] = {a: [] for a in cfg.algorithms}
-                batches = ([ran] if ran else []) if cfg.cold_one_process else [[a] for a in ran]
+                # torch's cold start is probed for the algorithms torch.optim has
+                probed = ran if library == "fastoptim" else [a for a in ran if hasattr(torch.optim, a)]
+                batches = ([probed] if probed else []) if cfg.cold_one_process else [[a] for a in probed]
                 for batch in batches:
                     # torch's cold start is a reference point only: one process is enough
                     for _ in range(cfg.cold_repeats if library == "fastoptim" else 1):
@@ -483,7 +488,9 @@ def run(cfg: BenchConfig) -> dict:
                             runs[a].append(r)
                     bar.update(len(batch))
                 for a in cfg.algorithms:
-                    if a in ran:
+                    if library == "torch" and a in ran and a not in probed:
+                        bar.update()
+                    elif a in ran:
                         cold.append(_cold_row(a, library, runs[a], cfg))
                     else:
                         cold.append({"algorithm": a, "library": library, "error": "fastoptim variant failed"})

@@ -4,23 +4,45 @@ Everything is discovered, nothing listed by hand: an algorithm is benched when
 fastoptim exports an optimizer class that torch.optim also has; torch's
 variants are read off its constructor's signature (``foreach``, ``fused``) and
 ``fused=True`` is kept only where a probe step on a CPU tensor succeeds.
+
+The algorithms torch.optim lacks (Lion, LAMB, ...) are benched against the
+reference package their tests match (:data:`REFERENCE_PACKAGES`, the one
+hand-written list), in that package's default configuration and, where it has
+one, its for-loop path; they are skipped, with the reason, when the package is
+not installed.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
+import importlib.util
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ORDER", "SKIP_REASONS", "Variant", "discover_algorithms", "variants_for"]
+__all__ = ["ORDER", "REFERENCE_PACKAGES", "SKIP_REASONS", "Variant", "discover_algorithms", "variants_for"]
 
 #: report order for the algorithms torch.optim has (others follow alphabetically)
 ORDER = [
     "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax",
     "NAdam", "RAdam", "ASGD", "Rprop", "SparseAdam", "Adafactor", "LBFGS", "Muon",
+    "Lion", "Lamb", "LARS", "Adan", "AdamWScheduleFree", "SGDScheduleFree",
 ]  # fmt: skip
+
+#: algorithms beyond torch.optim -> (module, class, {variant key: (label, constructor kwargs)}) of the
+#: reference package their tests compare with; "reference" is the package's default configuration
+_PO_VARIANTS = {"reference_forloop": ("reference for-loop", {"foreach": False}), "reference": ("reference default", {})}
+REFERENCE_PACKAGES: dict[str, tuple[str, str, dict[str, tuple[str, dict]]]] = {
+    "Lion": ("lion_pytorch", "Lion", {"reference": ("reference default", {})}),
+    "Lamb": ("pytorch_optimizer", "Lamb", _PO_VARIANTS),
+    "LARS": ("pytorch_optimizer", "LARS", _PO_VARIANTS),
+    "Adan": ("pytorch_optimizer", "Adan", _PO_VARIANTS),
+    "AdamWScheduleFree": ("schedulefree", "AdamWScheduleFree", _PO_VARIANTS),
+    "SGDScheduleFree": ("schedulefree", "SGDScheduleFree", _PO_VARIANTS),
+}
 
 #: algorithms exported by both libraries that the bench does not time, and why
 SKIP_REASONS = {
@@ -42,9 +64,9 @@ SKIP_REASONS = {
 class Variant:
     """One way to run one algorithm: a library and the flags its constructor gets."""
 
-    key: str  # stable id in the JSON: torch_forloop, torch_foreach, torch_fused, fastoptim
+    key: str  # stable id in the JSON: torch_forloop, torch_foreach, torch_fused, reference(_forloop), fastoptim
     label: str  # column title in the report
-    library: str  # "torch" or "fastoptim"
+    library: str  # "torch", "reference" (a reference package) or "fastoptim"
     make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]
 
     @property
@@ -61,14 +83,22 @@ def discover_algorithms() -> tuple[list[str], dict[str, str]]:
     import fastoptim
 
     both = []
+    missing: dict[str, str] = {}
     for name in dir(fastoptim):
         if name.startswith("_"):
             continue
         ours, theirs = getattr(fastoptim, name), getattr(torch.optim, name, None)
-        if _is_optimizer_class(ours, fastoptim.Optimizer) and _is_optimizer_class(theirs, torch.optim.Optimizer):
+        if not _is_optimizer_class(ours, fastoptim.Optimizer):
+            continue
+        if _is_optimizer_class(theirs, torch.optim.Optimizer):
             both.append(name)
+        elif name in REFERENCE_PACKAGES:
+            both.append(name)
+            module = REFERENCE_PACKAGES[name][0]
+            if importlib.util.find_spec(module) is None:
+                missing[name] = f"its reference package {module} is not installed (pip install 'fastoptim[test]')"
     both.sort(key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
-    skipped = {n: SKIP_REASONS[n] for n in both if n in SKIP_REASONS}
+    skipped = {n: SKIP_REASONS.get(n) or missing[n] for n in both if n in SKIP_REASONS or n in missing}
     return [n for n in both if n not in skipped], skipped
 
 
@@ -87,6 +117,8 @@ def variants_for(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
     """The variants of ``algorithm`` (torch's, then fastoptim's default) and notes on absent ones."""
     import fastoptim
 
+    if algorithm in REFERENCE_PACKAGES and not hasattr(torch.optim, algorithm):
+        return _reference_variants(algorithm)
     torch_cls, ours = getattr(torch.optim, algorithm), getattr(fastoptim, algorithm)
     accepted = inspect.signature(torch_cls).parameters
     out: list[Variant] = []
@@ -107,4 +139,30 @@ def variants_for(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
     else:
         notes["torch_fused"] = "torch has no fused implementation"
     out.append(Variant("fastoptim", "fastoptim", "fastoptim", lambda ps: ours(ps)))
+    return out, notes
+
+
+def _training(cls, kwargs: dict) -> Callable[[list[torch.Tensor]], torch.optim.Optimizer]:
+    """A constructor that also puts a Schedule-Free optimizer in train mode (it refuses to step otherwise)."""
+
+    def make(params):
+        optimizer = cls(params, **kwargs)
+        if callable(getattr(optimizer, "train", None)):
+            optimizer.train()
+        return optimizer
+
+    return make
+
+
+def _reference_variants(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
+    """The reference package's variants of an algorithm torch.optim lacks, then fastoptim's default."""
+    import fastoptim
+
+    module_name, class_name, variants = REFERENCE_PACKAGES[algorithm]
+    module = importlib.import_module(module_name)
+    version = getattr(module, "__version__", None) or importlib.metadata.version(module_name.replace("_", "-"))
+    cls = getattr(module, class_name)
+    out = [Variant(key, label, "reference", _training(cls, kwargs)) for key, (label, kwargs) in variants.items()]
+    out.append(Variant("fastoptim", "fastoptim", "fastoptim", _training(getattr(fastoptim, algorithm), {})))
+    notes = {"reference": f"{module_name}.{class_name} {version}"}
     return out, notes
