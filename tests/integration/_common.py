@@ -20,6 +20,13 @@ ALGORITHMS = sorted(
 DENSE_ALGORITHMS = [name for name in ALGORITHMS if name != "SparseAdam"]
 
 
+def optimizer_params(model: torch.nn.Module, algorithm: str) -> list[torch.Tensor]:
+    """The parameters an algorithm is given: Muon takes only matrices (as in torch.optim)."""
+    if algorithm == "Muon":
+        return [p for p in model.parameters() if p.dim() == 2]
+    return list(model.parameters())
+
+
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 3))

@@ -15,7 +15,15 @@ import torch
 
 import fastoptim
 
-from ._common import DENSE_ALGORITHMS, assert_same_state, assert_same_tensors, batches, params_of, tiny_model
+from ._common import (
+    DENSE_ALGORITHMS,
+    assert_same_state,
+    assert_same_tensors,
+    batches,
+    optimizer_params,
+    params_of,
+    tiny_model,
+)
 
 STEPS = 9
 # step index -> what is injected into the first parameter's (scaled) gradient
@@ -34,7 +42,7 @@ def _options(algorithm: str) -> dict:
 
 def train_with_scaler(library, algorithm: str, options: dict, *, clip: float | None = None):
     model = tiny_model()
-    optimizer = getattr(library, algorithm)(model.parameters(), **options)
+    optimizer = getattr(library, algorithm)(optimizer_params(model, algorithm), **options)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12, growth_interval=2)
     trace = []
     for step, (x, y) in enumerate(batches(STEPS)):

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import SWALR
 
 import fastoptim
 
-from ._common import DENSE_ALGORITHMS, assert_same_tensors, batches, params_of, tiny_model
+from ._common import DENSE_ALGORITHMS, assert_same_tensors, batches, optimizer_params, params_of, tiny_model
 
 STEPS = 12
 
@@ -124,7 +124,7 @@ def test_every_algorithm_accepts_one_cycle(algorithm):
 
     def run(library):
         model = tiny_model()
-        optimizer = getattr(library, algorithm)(model.parameters(), lr=0.01)
+        optimizer = getattr(library, algorithm)(optimizer_params(model, algorithm), lr=0.01)
         try:
             scheduler = L.OneCycleLR(optimizer, max_lr=0.02, total_steps=6)
         except ValueError as error:  # no momentum/betas to cycle
