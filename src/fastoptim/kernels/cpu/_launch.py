@@ -24,6 +24,7 @@ autograd version counters of everything it wrote, as torch's in-place ops do.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +39,14 @@ from numba.extending import intrinsic, overload
 from torch import Tensor
 
 from . import _cache
+
+# OpenMP first: with torch loaded, numba's OpenMP layer runs on the very
+# libgomp threads torch uses, so the two never compete for cores (a separate
+# TBB or workqueue pool would, with torch's OpenMP threads still spinning after
+# the backward pass).  Only when the user has not chosen a layer, and numba
+# falls back to the others if OpenMP is missing.
+if not (os.environ.get("NUMBA_THREADING_LAYER") or os.environ.get("NUMBA_THREADING_LAYER_PRIORITY")):
+    numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
 
 # ----------------------------------------------------------------------------- flags
 
@@ -220,8 +229,10 @@ def _bits_from_f32(typingctx, value):
 def _bf16_bits(value):
     """float32 -> bfloat16 bits, rounding to nearest even; NaN -> 0x7FC0 (c10::BFloat16's rule)."""
     bits = _bits_from_f32(value)
-    rounded = np.uint16((bits + ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)) >> np.uint32(16))
-    return np.uint16(0x7FC0) if value != value else rounded
+    rounded = (bits + ((bits >> np.uint32(16)) & np.uint32(1)) + np.uint32(0x7FFF)) >> np.uint32(16)
+    nan = np.uint32((bits & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000))
+    # branch-free select (a conditional expression here upsets numba's SSA pass)
+    return np.uint16(rounded * (np.uint32(1) - nan) + np.uint32(0x7FC0) * nan)
 
 
 @numba.njit(inline="always")
@@ -283,6 +294,18 @@ def _rounded(value, witness):
     if witness.dtype == types.uint16:
         return lambda value, witness: _bf16_value(_bf16_bits(np.float32(value)))
     return lambda value, witness: value
+
+
+@numba.njit(inline="always")
+def add_scalar(value, witness):
+    """A scalar as torch's ``add``/``add_`` takes it (``alpha=``, or the number added).
+
+    Unlike ``mul``, ``div``, ``addcmul``, ``addcdiv`` and ``lerp``, which compute
+    with the scalar in float32 (opmath), ``add`` first rounds it to the tensor's
+    dtype: for bfloat16 tensors that is one more rounding (measured on torch
+    2.13); the identity for float32 and float64.
+    """
+    return rounded(scalar(value, witness), witness)
 
 
 @numba.njit(inline="always")
@@ -495,10 +518,10 @@ _launch_lock = threading.Lock()
 _warm: set[tuple[int, torch.dtype]] = set()
 
 
-def _threads(numel: int) -> int:
+def _threads(numel: int, wanted: int) -> int:
     """Threads for a launch: torch's intra-op setting, no more than there are chunks."""
     chunks = max(1, -(-numel // GRAIN))
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, chunks))
+    return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, chunks))
 
 
 def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
@@ -508,12 +531,17 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
     key = (id(kernel_fn), batch.dtype)
     # One launch at a time per process: numba's workqueue layer is not
     # thread-safe, and two launches would only fight over the same cores.
+    wanted = torch.get_num_threads()
     with _launch_lock:
-        numba.set_num_threads(_threads(batch.numel))
+        numba.set_num_threads(_threads(batch.numel, wanted))
         if key in _warm:
             kernel_fn(table, scalars, batch.witness, GRAIN)
         else:
             with _cache.compile_lock():
                 kernel_fn(table, scalars, batch.witness, GRAIN)
             _warm.add(key)
+    if torch.get_num_threads() != wanted:
+        # numba's OpenMP pool is torch's libgomp: starting it resets the
+        # process-wide OpenMP thread count, which torch reports as its own.
+        torch.set_num_threads(wanted)
     torch._C._increment_version(batch.written)

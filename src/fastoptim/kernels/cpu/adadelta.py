@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("square_avg", "acc_delta")
@@ -25,11 +25,11 @@ def _adadelta_kernel(table, hyper, witness, grain):
     neg_lr, rho, one_minus_rho, eps, weight_decay, maximize = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], hyper[5] != 0
     l2 = weight_decay != 0
     bump_steps(table, STEP)  # counted, unused by the update
-    step = scalar(neg_lr, witness)
+    step = add_scalar(neg_lr, witness)
     r = scalar(rho, witness)
     w = scalar(one_minus_rho, witness)
-    lam = scalar(weight_decay, witness)
-    e = scalar(eps, witness)
+    lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
+    e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):

@@ -13,7 +13,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("sum",)
@@ -35,8 +35,8 @@ def _adagrad_kernel(table, hyper, witness, grain):
     lr, lr_decay, weight_decay, eps, maximize = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4] != 0
     l2 = weight_decay != 0
     neg_lrs = _decayed_lrs(bump_steps(table, STEP), lr, lr_decay)
-    lam = scalar(weight_decay, witness)
-    e = scalar(eps, witness)
+    lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
+    e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):

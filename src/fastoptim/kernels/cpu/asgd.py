@@ -14,6 +14,7 @@ from numba import prange
 from ._launch import (
     GRAD,
     PARAM,
+    add_scalar,
     bump_steps,
     column,
     columns,
@@ -70,13 +71,13 @@ def _asgd_kernel(table, hyper, witness, grain):
     maximize, default_f32 = hyper[5] != 0, hyper[6] != 0
     l2 = weight_decay != 0
     per = _schedule(table, bump_steps(table, STEP), lr, lambd, alpha, t0, default_f32)
-    lam = scalar(weight_decay, witness)
+    lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
             t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
             shrink = scalar(per[t, 0], witness)
-            neg_eta = scalar(per[t, 1], witness)
+            neg_eta = add_scalar(per[t, 1], witness)  # param.add_(grad, alpha=−η)
             mu = scalar(per[t, 2], witness)
             averaging = per[t, 3] != 0
             param = column(table, t, PARAM, lo, n, witness)

@@ -15,6 +15,7 @@ from fastoptim.algorithms._rules import scalar_value
 from ._launch import (
     GRAD,
     PARAM,
+    add_scalar,
     bump_steps,
     column,
     columns,
@@ -24,6 +25,7 @@ from ._launch import (
     in_scalar_dtype,
     kernel,
     launch,
+    lerp,
     load,
     plan,
     rounded,
@@ -65,13 +67,12 @@ def _nadam_kernel(table, hyper, witness, grain):
     l2 = weight_decay != 0 and not decoupled
     per = _momentum_scalars(table, bump_steps(table, STEP), lr, beta1, beta2, momentum_decay)
     one = scalar(1.0, witness)
-    lam = scalar(weight_decay, witness)
+    lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     keep = scalar(decay, witness)
     w1 = scalar(one_minus_beta1, witness)
-    w1_small = abs(w1) < 0.5
     b2 = scalar(beta2, witness)
     w2 = scalar(one_minus_beta2, witness)
-    e = scalar(eps, witness)
+    e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
@@ -96,7 +97,7 @@ def _nadam_kernel(table, hyper, witness, grain):
                     g = rounded(g + lam * theta, witness)
                 # m ← lerp(m, g, 1 − β₁)
                 m = load(exp_avg, i)
-                m = m + w1 * (g - m) if w1_small else g - (g - m) * (one - w1)
+                m = lerp(m, g, w1, one)
                 store(exp_avg, i, m)
                 m = rounded(m, witness)
                 # v ← β₂v + (1 − β₂)g²

@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, lerp, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_avg_sq")
@@ -48,13 +48,12 @@ def _radam_kernel(table, hyper, witness, grain):
     per = _rectification(bump_steps(table, STEP), beta1, beta2)
     one = scalar(1.0, witness)
     gamma = scalar(lr, witness)
-    lam = scalar(weight_decay, witness)
+    lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     keep = scalar(decay, witness)
     w1 = scalar(one_minus_beta1, witness)
-    w1_small = abs(w1) < 0.5
     b2 = scalar(beta2, witness)
     w2 = scalar(one_minus_beta2, witness)
-    e = scalar(eps, witness)
+    e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
@@ -80,7 +79,7 @@ def _radam_kernel(table, hyper, witness, grain):
                     g = rounded(g + lam * theta, witness)
                 # m ← lerp(m, g, 1 − β₁)
                 m = load(exp_avg, i)
-                m = m + w1 * (g - m) if w1_small else g - (g - m) * (one - w1)
+                m = lerp(m, g, w1, one)
                 store(exp_avg, i, m)
                 # v ← β₂v + (1 − β₂)g²
                 v = rounded(load(exp_avg_sq, i) * b2, witness)

@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 _COL = columns(SCALARS, ("square_avg", "momentum_buffer", "grad_avg"))
@@ -35,14 +35,14 @@ def _rmsprop_kernel(table, hyper, witness, grain):
     has_momentum = momentum > 0
     l2 = weight_decay != 0
     bump_steps(table, STEP)  # counted, unused by the update
-    step = scalar(neg_lr, witness)
+    step = scalar(neg_lr, witness)  # addcdiv_(value=−γ)
+    step_alpha = add_scalar(neg_lr, witness)  # add_(buf, alpha=−γ)
     a = scalar(alpha, witness)
     w = scalar(one_minus_alpha, witness)  # ema weights, in the tensor's precision as torch takes them
     one = scalar(1.0, witness)
-    w_small = abs(w) < 0.5
     mu = scalar(momentum, witness)
-    lam = scalar(weight_decay, witness)
-    e = scalar(eps, witness)
+    lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
+    e = add_scalar(eps, witness)  # .add_(ε)
     # momentum_buffer and grad_avg follow square_avg when present
     buf_col = SQUARE_AVG + 1 if has_momentum else SQUARE_AVG
     avg_col = SQUARE_AVG + 1 + has_momentum if centered else SQUARE_AVG
@@ -71,7 +71,7 @@ def _rmsprop_kernel(table, hyper, witness, grain):
                 if centered:
                     # ḡ ← lerp(ḡ, g, 1 − α);  d ← √(v − ḡ²) + ε
                     ga = load(grad_avg, i)
-                    ga = ga + w * (g - ga) if w_small else g - (g - ga) * (one - w)
+                    ga = lerp(ga, g, w, one)
                     store(grad_avg, i, ga)
                     ga = rounded(ga, witness)
                     avg = rounded(np.sqrt(rounded(v - ga * ga, witness)), witness)
@@ -83,7 +83,7 @@ def _rmsprop_kernel(table, hyper, witness, grain):
                     # b ← μb + g/d;  θ ← θ − γb
                     b = rounded(load(buf, i) * mu, witness) + g / avg
                     store(buf, i, b)
-                    store(param, i, theta + step * rounded(b, witness))
+                    store(param, i, theta + step_alpha * rounded(b, witness))
                 else:
                     # θ ← θ − γ g/d
                     store(param, i, theta + step * (g / avg))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numba import prange
 
-from ._launch import GRAD, PARAM, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("prev", "step_size")
@@ -23,8 +23,8 @@ def _rprop_kernel(table, hyper, witness, grain):
     bump_steps(table, STEP)  # counted, unused by the update
     zero = scalar(0.0, witness)
     one = scalar(1.0, witness)
-    minus = scalar(etaminus, witness)
-    plus = scalar(etaplus, witness)
+    minus = add_scalar(etaminus, witness)  # written into a tensor of the parameter's dtype
+    plus = add_scalar(etaplus, witness)
     lo_clamp = scalar(step_size_min, witness)
     hi_clamp = scalar(step_size_max, witness)
     segments, starts = plan(table, grain)

@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import FLAG, GRAD, PARAM, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store, why_not
+from ._launch import FLAG, GRAD, PARAM, add_scalar, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store, why_not
 
 BUFFERS = ("momentum_buffer",)
 MOMENTUM_BUFFER = columns((), BUFFERS)["momentum_buffer"]
@@ -24,10 +24,11 @@ def _sgd_kernel(table, hyper, witness, grain):
     nesterov, maximize = hyper[4] != 0, hyper[5] != 0
     has_momentum = momentum != 0
     l2 = weight_decay != 0
-    step = scalar(neg_lr, witness)
-    mu = scalar(momentum, witness)
-    damp = scalar(one_minus_dampening, witness)
-    lam = scalar(weight_decay, witness)
+    step = add_scalar(neg_lr, witness)
+    mu = scalar(momentum, witness)  # buf.mul_(μ)
+    mu_alpha = add_scalar(momentum, witness)  # grad.add(buf, alpha=μ)
+    damp = add_scalar(one_minus_dampening, witness)
+    lam = add_scalar(weight_decay, witness)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
@@ -54,7 +55,7 @@ def _sgd_kernel(table, hyper, witness, grain):
                     store(buf, i, b)
                     b = rounded(b, witness)
                     # g ← g + μb (nesterov) or b
-                    g = rounded(g + mu * b, witness) if nesterov else b
+                    g = rounded(g + mu_alpha * b, witness) if nesterov else b
                 # θ ← θ − γg
                 store(param, i, theta + step * g)
 

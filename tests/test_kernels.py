@@ -1,0 +1,423 @@
+"""The CPU kernels against the reference rules they reproduce, and the dispatch that chooses them.
+
+Every kernel is run (strict backend: a fallback would raise) side by side with
+its algorithm's reference rule on the same parameters and gradients, and every
+element of the parameters and the state is compared after every step, with
+torch's default ``assert_close`` tolerance for the dtype (0-dim state such as
+``step`` must match exactly).  The sweep covers each hyper-parameter branch,
+float32 / float64 / bfloat16, empty, 0-dim, odd-sized and transposed tensors,
+tensors packed several to a chunk and split across chunks, a step where one
+parameter has no gradient, and NaN / inf in gradients and parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import numba
+import numpy as np
+import pytest
+import torch
+
+import fastoptim
+from fastoptim.kernels import dispatch
+from fastoptim.kernels.capabilities import TABLE, capability_of
+from fastoptim.kernels.dispatch import backend_for, explain, use_backend
+
+numba_launch = pytest.importorskip("fastoptim.kernels.cpu._launch")
+
+T = torch.tensor
+
+# Each hyper-parameter branch of each kernel: (algorithm, constructor kwargs).
+CONFIGS = [
+    ("SGD", dict(lr=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9)),
+    ("SGD", dict(lr=0.1, momentum=0.9, dampening=0.5, weight_decay=0.1)),
+    ("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1, maximize=True)),
+    ("SGD", dict(lr=T(0.1), momentum=0.5, weight_decay=T(0.01))),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, amsgrad=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, maximize=True)),
+    ("Adam", dict(lr=0.01, weight_decay=0.1, decoupled_weight_decay=True, amsgrad=True)),
+    ("Adam", dict(lr=T(0.01), betas=(0.3, 0.5), fused=True)),  # lerp weight ≥ 0.5: the other lerp formula
+    ("AdamW", dict(lr=0.01)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.5, amsgrad=True, maximize=True)),
+    ("Adagrad", dict(lr=0.1)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.1, weight_decay=0.1, maximize=True, initial_accumulator_value=0.5)),
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, centered=True)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, weight_decay=0.1, maximize=True)),
+    ("RMSprop", dict(lr=0.01, centered=True, momentum=0.5, alpha=0.4)),  # lerp weight ≥ 0.5
+    ("RMSprop", dict(lr=T(0.01), capturable=True)),
+    ("Adadelta", dict()),
+    ("Adadelta", dict(lr=0.5, rho=0.5, weight_decay=0.1, maximize=True, capturable=True)),
+    ("Adamax", dict(lr=0.1)),
+    ("Adamax", dict(lr=0.1, betas=(0.3, 0.5), weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(lr=0.1)),
+    ("NAdam", dict(lr=0.1, weight_decay=0.1, maximize=True)),
+    ("NAdam", dict(lr=0.1, betas=(0.3, 0.9), weight_decay=0.1, decoupled_weight_decay=True, momentum_decay=0.1)),
+    ("RAdam", dict(lr=0.1)),  # rectified from step 7 on
+    ("RAdam", dict(lr=0.1, betas=(0.3, 0.9), weight_decay=0.1, maximize=True)),  # rectified from step 8 on
+    ("RAdam", dict(lr=0.1, betas=(0.6, 0.9), weight_decay=0.1, decoupled_weight_decay=True)),
+    ("ASGD", dict(lr=0.1)),
+    ("ASGD", dict(lr=0.1, t0=3, lambd=0.1, alpha=0.5, weight_decay=0.1, maximize=True)),  # averaging from step 4
+    ("Rprop", dict(lr=0.1)),
+    ("Rprop", dict(lr=0.1, etas=(0.3, 1.5), step_sizes=(1e-3, 0.05), maximize=True, capturable=True)),
+]
+ALGORITHMS = sorted({name for name, _ in CONFIGS})
+DTYPES = [torch.float32, torch.float64, torch.bfloat16]
+STEPS = 10
+#: 0-dim state computed with the reference's own float64 / float32 scalar arithmetic: must match exactly
+SCALAR_STATE = {"step", "mu_product", "eta", "mu"}
+GRADLESS_STEP = 3
+#: elements per chunk in these tests: small, so tensors are both packed and split
+TEST_GRAIN = 1000
+
+
+def config_id(case):
+    name, kwargs = case
+    return name + "(" + ",".join(f"{k}={'T' if torch.is_tensor(v) else v}" for k, v in kwargs.items()) + ")"
+
+
+def _largest(tensors):
+    finite = [t[t.isfinite()].abs().max().item() for t in tensors if t.numel() and t.isfinite().any()]
+    return max(finite, default=0.0)
+
+
+def _close(actual, expected, dtype, where, scale=0.0):
+    """assert_close with :func:`tolerance`; for bfloat16, ``atol`` is one ulp of ``scale``.
+
+    ``scale`` is the largest magnitude the compared quantity takes across the
+    run's tensors: a cancelling sum keeps the error of its operands, which are
+    that large (standard-normal test data: at least 2, an ulp of 2⁻⁶).
+    """
+    tol = tolerance(dtype)
+    if dtype == torch.bfloat16:
+        tol["atol"] = max(2.0**-6, 2.0**-7 * scale)
+    torch.testing.assert_close(actual, expected, **tol, equal_nan=True, msg=lambda m: f"{where}: {m}")
+
+
+def tolerance(dtype):
+    """torch's default assert_close tolerance (bfloat16's atol: see :func:`_close`).
+
+    The kernel reproduces the reference's bfloat16 roundings -- every
+    intermediate tensor, and the scalars that ``add`` rounds -- but torch itself
+    rounds some scalars differently in its vectorised body and its scalar tail,
+    and the kernel computes in float32 with fused multiply-adds: a bfloat16
+    result can land one ulp of its operands away, which for a cancelling sum is
+    far more than one ulp of the result.
+    """
+    rtol, atol = {torch.float32: (1.3e-6, 1e-5), torch.float64: (1e-7, 1e-7), torch.bfloat16: (1.6e-2, 1e-5)}[dtype]
+    return dict(rtol=rtol, atol=atol)
+
+
+def make_params(dtype, seed=0):
+    """Odd sizes, empty, 0-dim, a transposed (dense, non-contiguous) matrix, a multi-chunk vector, many small ones."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    values = [randn(), randn(0), randn(1), randn(7), randn(33, 3), randn(7, 5).t(), randn(TEST_GRAIN * 2 + 37)]
+    values += [randn(97 + i) for i in range(12)]
+    return [v.requires_grad_() for v in values]
+
+
+def grads_for(params, step, seed=1000):
+    gen = torch.Generator().manual_seed(seed + step)
+    out = []
+    for p in params:
+        g = torch.empty_like(p.detach())  # laid out like the parameter, as autograd does
+        g.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(p.dtype))
+        out.append(g)
+    return out
+
+
+def clone_kwargs(kwargs):
+    return {k: (v.clone() if torch.is_tensor(v) else copy.deepcopy(v)) for k, v in kwargs.items()}
+
+
+def assert_state_equal(kernel_opt, reference_opt, dtype, where):
+    pairs = list(zip(kernel_opt.param_groups[0]["params"], reference_opt.param_groups[0]["params"]))
+    scale = {"param": _largest([b.detach() for _, b in pairs])}
+    for _, b in pairs:
+        for key, value in reference_opt.state.get(b, {}).items():
+            if torch.is_tensor(value):
+                scale[key] = max(scale.get(key, 0.0), _largest([value]))
+    for i, (a, b) in enumerate(pairs):
+        _close(a.detach(), b.detach(), dtype, f"{where} param {i}", scale["param"])
+        sa, sb = kernel_opt.state.get(a, {}), reference_opt.state.get(b, {})
+        assert sorted(sa) == sorted(sb), f"{where} param {i}: state keys {sorted(sa)} != {sorted(sb)}"
+        for key in sb:
+            va, vb = sa[key], sb[key]
+            if torch.is_tensor(vb):
+                assert va.dtype == vb.dtype and va.shape == vb.shape and va.stride() == vb.stride(), f"{where} {key}"
+                if key in SCALAR_STATE:
+                    torch.testing.assert_close(va, vb, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{where} {key}: {m}")
+                else:
+                    _close(va, vb, dtype, f"{where} param {i} {key}", scale[key])
+            else:
+                assert va == vb, f"{where} param {i} {key}: {va!r} != {vb!r}"
+
+
+def run_side_by_side(name, kwargs, dtype, params, grads_at, steps, gradless_step=None):
+    """Step a strict-kernel optimizer and a reference one on identical inputs; compare after every step."""
+    kernel_params = [p.detach().clone().requires_grad_() for p in params]
+    reference_params = [p.detach().clone().requires_grad_() for p in params]
+    cls = getattr(fastoptim, name)
+    kernel_opt = cls(kernel_params, **clone_kwargs(kwargs))
+    reference_opt = cls(reference_params, **clone_kwargs(kwargs))
+    for step in range(steps):
+        grads = grads_at(step)
+        for ps in (kernel_params, reference_params):
+            for i, (p, g) in enumerate(zip(ps, grads)):
+                p.grad = None if (step == gradless_step and i == 0) else g.clone(memory_format=torch.preserve_format)
+        with use_backend("numba"):
+            kernel_opt.step()
+        with use_backend("reference"):
+            reference_opt.step()
+        assert_state_equal(kernel_opt, reference_opt, dtype, f"step {step}")
+    return kernel_opt, reference_opt
+
+
+@pytest.fixture
+def small_grain(monkeypatch):
+    monkeypatch.setattr(numba_launch, "GRAIN", TEST_GRAIN)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("case", CONFIGS, ids=config_id)
+def test_kernel_matches_reference_rule(case, dtype, small_grain):
+    name, kwargs = case
+    params = make_params(dtype)
+    run_side_by_side(name, kwargs, dtype, params, lambda step: grads_for(params, step), STEPS, GRADLESS_STEP)
+
+
+@pytest.mark.parametrize("case", CONFIGS, ids=config_id)
+def test_nan_and_inf_propagate_like_the_reference(case, small_grain):
+    """fastmath flags without 'nnan'/'ninf': NaN and ±inf end up exactly where the reference puts them."""
+    name, kwargs = case
+    dtype = torch.float32
+    params = make_params(dtype, seed=3)
+    with torch.no_grad():
+        params[3][1] = float("inf")
+        params[4][0, 0] = -float("inf")
+        params[6][5] = float("nan")
+
+    def grads_at(step):
+        grads = grads_for(params, step)
+        grads[3][0] = float("nan")
+        grads[3][2] = float("inf") if step % 2 else -float("inf")
+        grads[4][1, 1] = float("inf")
+        grads[6][7 + step] = float("nan")
+        grads[7][step] = -float("inf")
+        return grads
+
+    run_side_by_side(name, kwargs, dtype, params, grads_at, 4)
+
+
+def test_every_elementwise_algorithm_has_a_kernel():
+    for name in ALGORITHMS:
+        rule = getattr(fastoptim, name).rule
+        assert capability_of(rule) is not None, name
+    assert len({cap.reference for cap in TABLE}) == len(TABLE)
+
+
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_dispatch_picks_the_kernel(name):
+    params = make_params(torch.float32)
+    for p, g in zip(params, grads_for(params, 0)):
+        p.grad = g
+    opt = getattr(fastoptim, name)(params)
+    assert backend_for(opt) == "numba", explain(opt)
+    opt.step()
+    assert backend_for(opt) == "numba", explain(opt)
+
+
+def test_gradient_and_version_counters():
+    """The kernel never writes the gradient, and bumps the version of what it writes (as in-place ops do)."""
+    p = torch.randn(10, requires_grad=True)
+    p.grad = torch.randn(10)
+    grad = p.grad.clone()
+    opt = fastoptim.Adam([p], maximize=True, weight_decay=0.1)
+    opt.step()
+    version = p._version, opt.state[p]["exp_avg"]._version, opt.state[p]["step"]._version
+    with use_backend("numba"):
+        opt.step()
+    assert torch.equal(p.grad, grad)
+    after = p._version, opt.state[p]["exp_avg"]._version, opt.state[p]["step"]._version
+    assert all(b > a for a, b in zip(version, after))
+
+
+def _stepped(opt):
+    sparse = isinstance(opt, fastoptim.SparseAdam)
+    for group in opt.param_groups:
+        for p in group["params"]:
+            p.grad = torch.ones_like(p).to_sparse() if sparse else torch.ones_like(p)
+    return opt
+
+
+def _fallback_cases():
+    def leaf(t):
+        return t.requires_grad_()
+
+    class MySGD(fastoptim.SGD):
+        rule = staticmethod(lambda param, grad, state, **options: param.sub_(grad))
+
+    yield "complex", lambda: fastoptim.Adam([leaf(torch.randn(3)), leaf(torch.randn(3, dtype=torch.complex64))]), "mixed"
+    yield "float16", lambda: fastoptim.Adam([leaf(torch.randn(3, dtype=torch.float16))]), "reference"
+    yield "strided slice", lambda: fastoptim.SGD([leaf(torch.randn(4, 8)[:, ::2])], lr=0.1), "reference"
+    yield "differentiable", lambda: fastoptim.SGD([leaf(torch.randn(3))], lr=0.1, differentiable=True), "reference"
+    yield "capturable Adam", lambda: fastoptim.Adam([leaf(torch.randn(3))], capturable=True), "reference"
+    yield "tensor betas", lambda: fastoptim.Adam([leaf(torch.randn(3))], betas=(T(0.9), T(0.999))), "reference"
+    yield "tensor lr ASGD", lambda: fastoptim.ASGD([leaf(torch.randn(3))], lr=T(0.01)), "reference"
+    yield "own rule", lambda: MySGD([leaf(torch.randn(3))], lr=0.1), "reference"
+    yield "no-kernel algorithm", lambda: fastoptim.SparseAdam([leaf(torch.randn(3))]), "reference"
+
+
+@pytest.mark.parametrize("label,build,expected", list(_fallback_cases()), ids=[c[0] for c in _fallback_cases()])
+def test_dispatch_falls_back(label, build, expected):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = _stepped(build())
+        assert backend_for(opt) == expected, explain(opt)
+        assert explain(opt)[0]["reasons"]
+        if expected != "numba":
+            with use_backend("numba"), pytest.raises(RuntimeError, match="FASTOPTIM_BACKEND=numba"):
+                opt.step(lambda: torch.tensor(0.0))
+
+
+def test_layout_mismatch_and_sparse_gradients_fall_back_per_parameter():
+    a, b, c = (torch.randn(4, 5, requires_grad=True) for _ in range(3))
+    a.grad = torch.randn(5, 4).t()  # gradient strided unlike its parameter
+    b.grad = torch.randn(4, 5).to_sparse()
+    c.grad = torch.randn(4, 5)
+    opt = fastoptim.SGD([a, b, c], lr=0.1, momentum=0.9)
+    plan = explain(opt)[0]
+    assert (plan["backend"], plan["kernel"], plan["reference"]) == ("mixed", 1, 2), plan
+    reference = copy.deepcopy(opt)
+    opt.step()
+    with use_backend("reference"):
+        reference.step()
+    for p, q in zip(opt.param_groups[0]["params"], reference.param_groups[0]["params"]):
+        torch.testing.assert_close(p, q)
+
+
+def test_duplicate_parameter_falls_back():
+    p = torch.randn(3, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        opt = fastoptim.SGD([p, p], lr=0.1)
+    p.grad = torch.ones(3)
+    assert backend_for(opt) == "reference"
+    before = p.detach().clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), before - 0.2)
+
+
+def test_backend_selection(monkeypatch):
+    p = torch.randn(3, requires_grad=True)
+    p.grad = torch.ones(3)
+    opt = fastoptim.Adam([p])
+    assert dispatch.requested_backend() == "auto"
+    monkeypatch.setenv("FASTOPTIM_BACKEND", "reference")
+    assert backend_for(opt) == "reference"
+    with use_backend("auto"):
+        assert backend_for(opt) == "numba"
+    monkeypatch.setenv("FASTOPTIM_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="FASTOPTIM_BACKEND"):
+        opt.step()
+    with pytest.raises(ValueError):
+        with use_backend("fast"):
+            pass
+
+
+def test_thread_count_follows_torch():
+    p = torch.randn(200_000, requires_grad=True)
+    p.grad = torch.randn(200_000)
+    opt = fastoptim.SGD([p], lr=0.1)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        opt.step()
+        assert numba.get_num_threads() == 1
+        assert torch.get_num_threads() == 1  # numba's OpenMP pool shares libgomp with torch
+        torch.set_num_threads(max(2, before))
+        opt.step()
+        assert numba.get_num_threads() == min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("grain", [1, 7, 64, 100, 1000])
+def test_plan_covers_every_element_once(grain):
+    rng = np.random.default_rng(grain)
+    numels = np.array([0, 1, 5000, 0, 3, 64, 65, 129, 10_000] + list(rng.integers(0, 300, 20)), np.int64)
+    table = np.zeros((len(numels), 4), np.int64)
+    table[:, numba_launch.NUMEL] = numels
+    segments, starts = numba_launch.plan(table, grain)
+    covered = [[] for _ in numels]
+    for c in range(len(starts) - 1):
+        chunk = segments[starts[c] : starts[c + 1]]
+        assert len(chunk) > 0
+        assert chunk[:, 2].sum() <= max(grain, 64) + 64
+        for t, lo, n in chunk:
+            assert n > 0
+            covered[t].append((lo, n))
+    for t, n in enumerate(numels):
+        spans = sorted(covered[t])
+        assert sum(k for _, k in spans) == n
+        position = 0
+        for lo, k in spans:
+            assert lo == position
+            position += k
+
+
+def test_bfloat16_rounding_matches_torch():
+    values = np.concatenate(
+        [
+            np.random.default_rng(0).standard_normal(10_000).astype(np.float32) * 1e3,
+            np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 3.3895314e38, 1.00390625, 1.01171875], np.float32),
+        ]
+    )
+    ours = np.array([numba_launch._bf16_bits(np.float32(v)) for v in values], np.uint16)
+    theirs = torch.from_numpy(values).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(ours[~nan], theirs[~nan])
+    assert np.all(np.isnan(torch.from_numpy(ours.view(np.int16)).view(torch.bfloat16).float().numpy()[nan]))
+
+
+_CACHE_PROBE = textwrap.dedent(
+    """
+    import torch, fastoptim
+    from fastoptim.kernels.cpu import sgd
+    p = torch.randn(5, requires_grad=True); p.grad = torch.ones(5)
+    fastoptim.SGD([p], lr=0.5).step()
+    assert torch.allclose(p.grad, torch.ones(5))
+    stats = sgd._sgd_kernel.stats
+    print("hits", sum(stats.cache_hits.values()), "misses", sum(stats.cache_misses.values()))
+    """
+)
+
+
+@pytest.mark.slow
+def test_cache_shared_by_concurrent_processes(tmp_path):
+    """Processes starting together on an empty cache compile one at a time; later ones load from disk."""
+    env = dict(os.environ, FASTOPTIM_CACHE_DIR=str(tmp_path))
+    env.pop("FASTOPTIM_BACKEND", None)
+    runs = [subprocess.Popen([sys.executable, "-c", _CACHE_PROBE], env=env, stdout=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [r.communicate(timeout=600)[0] for r in runs]
+    assert all(r.returncode == 0 for r in runs), outputs
+    misses = sorted(int(out.split()[3]) for out in outputs)
+    assert misses[:2] == [0, 0], outputs  # the lock made all but (at most) the first load the cached kernel
+    again = subprocess.run([sys.executable, "-c", _CACHE_PROBE], env=env, capture_output=True, text=True, timeout=600)
+    assert again.stdout.split() == ["hits", "1", "misses", "0"], again
+    (entry,) = os.listdir(tmp_path)
+    from fastoptim.kernels.cpu import _cache
+
+    assert entry.endswith(_cache.SOURCE_HASH[:16])
