@@ -16,6 +16,7 @@ import pickle
 import torch
 
 import fastoptim
+from fastoptim.kernels.dispatch import use_backend
 from parity import EXACT, Problem, Trial, assert_same, assert_same_optimizer
 
 
@@ -25,10 +26,15 @@ def classes(name: str):
 
 
 def run_exact(name: str, kwargs: dict, dtype: torch.dtype, *, steps: int = 10, **problem_options) -> Trial:
-    """Ten steps (one without a gradient, two through a closure) bit-identical to torch's for-loop path."""
+    """Ten steps (one without a gradient, two through a closure) bit-identical to torch's for-loop path.
+
+    Runs fastoptim's reference rules (the fast kernels are held to the
+    reference within tolerance by tests/test_kernels.py and the parity suite).
+    """
     ours, theirs = classes(name)
     trial = Trial(ours, theirs, kwargs, dtype, problem=Problem.make(dtype, **problem_options), tol=EXACT)
-    trial.run(steps=steps)
+    with use_backend("reference"):
+        trial.run(steps=steps)
     return trial
 
 

@@ -7,6 +7,7 @@ import torch
 
 import fastoptim
 from algorithm_checks import (
+
     allow_capturable_on_cpu,
     assert_legacy_step_loads,
     assert_nonfinite_like_torch,
@@ -15,6 +16,9 @@ from algorithm_checks import (
     assert_torch_refuses_capturable_on_cpu,
     run_exact,
 )
+
+# These tests hold the reference rule to torch's for-loop path bit for bit.
+pytestmark = pytest.mark.reference_backend
 
 CONFIGS = [
     {},

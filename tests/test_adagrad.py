@@ -18,6 +18,10 @@ from algorithm_checks import (
 from fastoptim.algorithms.adagrad import adagrad_reference
 from parity import EXACT, assert_same, assert_same_optimizer
 
+# These tests hold the reference rule to torch's for-loop path bit for bit.
+pytestmark = pytest.mark.reference_backend
+
+
 CONFIGS = [
     {},
     {"lr": 0.1, "lr_decay": 0.5, "weight_decay": 0.1},

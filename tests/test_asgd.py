@@ -23,6 +23,10 @@ from algorithm_checks import (
 )
 from parity import EXACT, Trial, assert_same_optimizer
 
+# These tests hold the reference rule to torch's for-loop path bit for bit.
+pytestmark = pytest.mark.reference_backend
+
+
 CONFIGS = [
     {},
     {"t0": 0},

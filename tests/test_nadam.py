@@ -25,6 +25,10 @@ from algorithm_checks import (
 )
 from parity import EXACT, assert_same, assert_same_optimizer
 
+# These tests hold the reference rule to torch's for-loop path bit for bit.
+pytestmark = pytest.mark.reference_backend
+
+
 CONFIGS = [
     {},
     {"lr": 0.05, "betas": (0.5, 0.9)},
