@@ -15,7 +15,22 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    add_scalar,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    lerp,
+    load,
+    plan,
+    rounded,
+    scalar,
+    store,
+)
 
 BUFFERS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad")
 _COL = columns((), BUFFERS)
@@ -31,7 +46,7 @@ def _adan_kernel(table, hyper, witness, grain):
     w1, b2, w2 = scalar(one_minus_beta1, witness), scalar(beta2, witness), scalar(one_minus_beta2, witness)
     b3, w3 = scalar(beta3, witness), scalar(one_minus_beta3, witness)
     bc3 = scalar(bias_correction3_sqrt, witness)
-    e = rounded(scalar(eps, witness), witness)  # torch rounds add_'s scalar to the tensor's dtype
+    e = add_scalar(eps, witness)
     step1, step2 = scalar(neg_step_size, witness), scalar(neg_diff_step_size, witness)
     keep, divisor = scalar(decay, witness), scalar(shrink, witness)
     decays, shrinks = decay != 1.0, shrink != 1.0

@@ -29,6 +29,7 @@ from fastoptim.algorithms._rules import scalar_value
 from ._launch import (
     GRAD,
     PARAM,
+    add_scalar,
     column,
     columns,
     gather,
@@ -66,11 +67,11 @@ def _lamb_kernel(table, hyper, witness, grain):
     adam, maximize = hyper[12] != 0, hyper[13] != 0
     decays = decay != 1.0
     keep = scalar(decay, witness)
-    b1, w1 = scalar(beta1, witness), rounded(scalar(beta1_grad, witness), witness)  # add_'s alpha: dtype-rounded
+    b1, w1 = scalar(beta1, witness), add_scalar(beta1_grad, witness)
     b2, w2 = scalar(beta2, witness), scalar(one_minus_beta2, witness)
-    e = rounded(scalar(eps, witness), witness)
-    lam = rounded(scalar(weight_decay, witness), witness)
-    step = rounded(scalar(neg_step_size, witness), witness)
+    e = add_scalar(eps, witness)
+    lam = add_scalar(weight_decay, witness)
+    step = add_scalar(neg_step_size, witness)
     zero, one = scalar(0.0, witness), scalar(1.0, witness)
     segments, starts = plan(table, grain)
     partial = np.zeros((segments.shape[0], 2), np.float64)

@@ -21,8 +21,23 @@ from numba import prange
 from fastoptim.algorithms._rules import scalar_value
 from fastoptim.algorithms.lars import lars_ratio_from_norms
 
-from ._launch import FLAG, GRAD, PARAM, STORAGE, column, columns, gather, kernel, launch, load, plan, rounded, scalar
-from ._launch import store
+from ._launch import (
+    FLAG,
+    GRAD,
+    PARAM,
+    STORAGE,
+    add_scalar,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    load,
+    plan,
+    rounded,
+    scalar,
+    store,
+)
 
 BUFFERS = ("momentum_buffer",)
 MOMENTUM_BUFFER = columns((), BUFFERS)["momentum_buffer"]
@@ -41,12 +56,11 @@ def _lars_kernel(table, hyper, witness, grain):
     neg_lr, weight_decay, momentum, one_minus_dampening = hyper[0], hyper[1], hyper[2], hyper[3]
     nesterov, maximize = hyper[4] != 0, hyper[5] != 0
     has_momentum = momentum > 0.0
-    # torch rounds the alpha of add_ to the tensor's dtype (bfloat16), but not a mul_ factor
-    step = rounded(scalar(neg_lr, witness), witness)
-    lam = rounded(scalar(weight_decay, witness), witness)
+    step = add_scalar(neg_lr, witness)
+    lam = add_scalar(weight_decay, witness)
     mu = scalar(momentum, witness)
     mu_alpha = rounded(mu, witness)
-    damp = rounded(scalar(one_minus_dampening, witness), witness)
+    damp = add_scalar(one_minus_dampening, witness)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):

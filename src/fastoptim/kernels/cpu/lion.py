@@ -11,7 +11,21 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    add_scalar,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    load,
+    plan,
+    rounded,
+    scalar,
+    store,
+)
 
 BUFFERS = ("exp_avg",)
 EXP_AVG = columns((), BUFFERS)["exp_avg"]
@@ -22,11 +36,10 @@ def _lion_kernel(table, hyper, witness, grain):
     neg_lr, beta1, one_minus_beta1, beta2, one_minus_beta2 = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
     decay, maximize = hyper[5], hyper[6] != 0
     decays = decay != 1.0
-    # torch rounds the alpha of add_ to the tensor's dtype (bfloat16), but not a mul_ factor
-    step = rounded(scalar(neg_lr, witness), witness)
+    step = add_scalar(neg_lr, witness)
     keep = scalar(decay, witness)
-    b1, w1 = scalar(beta1, witness), rounded(scalar(one_minus_beta1, witness), witness)
-    b2, w2 = scalar(beta2, witness), rounded(scalar(one_minus_beta2, witness), witness)
+    b1, w1 = scalar(beta1, witness), add_scalar(one_minus_beta1, witness)
+    b2, w2 = scalar(beta2, witness), add_scalar(one_minus_beta2, witness)
     one, zero = scalar(1.0, witness), scalar(0.0, witness)
     segments, starts = plan(table, grain)
     for c in prange(starts.shape[0] - 1):

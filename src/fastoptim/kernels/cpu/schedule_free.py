@@ -15,7 +15,22 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from ._launch import GRAD, PARAM, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    add_scalar,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    lerp,
+    load,
+    plan,
+    rounded,
+    scalar,
+    store,
+)
 
 _COL = columns((), ("z", "exp_avg_sq"))
 Z, EXP_AVG_SQ = _COL["z"], _COL["exp_avg_sq"]
@@ -26,15 +41,14 @@ def _schedule_free_kernel(table, hyper, witness, grain):
     lr, ckp1, y_step, weight_decay = hyper[0], hyper[1], hyper[2], hyper[3]
     adaptive, beta2, one_minus_beta2, bias_correction2, eps = hyper[4] != 0, hyper[5], hyper[6], hyper[7], hyper[8]
     one = scalar(1.0, witness)
-    # torch rounds the alpha (and scalar) of add_/sub_ to the tensor's dtype (bfloat16), not other ops' scalars
-    lam = rounded(scalar(weight_decay, witness), witness)
+    lam = add_scalar(weight_decay, witness)
     decays = weight_decay != 0
     c = scalar(ckp1, witness)
-    a_y = rounded(scalar(y_step, witness), witness)
-    a_z = rounded(scalar(lr, witness), witness)
+    a_y = add_scalar(y_step, witness)
+    a_z = add_scalar(lr, witness)
     b2, w2 = scalar(beta2, witness), scalar(one_minus_beta2, witness)
     bc2 = scalar(bias_correction2, witness)
-    e = rounded(scalar(eps, witness), witness)
+    e = add_scalar(eps, witness)
     segments, starts = plan(table, grain)
     for ch in prange(starts.shape[0] - 1):
         for s in range(starts[ch], starts[ch + 1]):
