@@ -25,8 +25,14 @@ def as_scalar(x: Scalar) -> Scalar:
 
 
 def scalar_value(x: Scalar) -> float:
-    """A hyper-parameter as a Python number (reads a tensor once)."""
-    return x.item() if isinstance(x, Tensor) else x
+    """A hyper-parameter as a Python number (reads a tensor once).
+
+    While compiling, a tensor stays a tensor (as torch's ``_get_value`` does):
+    ``.item()`` would break the graph.
+    """
+    if isinstance(x, Tensor) and not torch.compiler.is_compiling():
+        return x.item()
+    return x
 
 
 def step_dtype() -> torch.dtype:

@@ -47,7 +47,14 @@ _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastoptim_
 
 
 def requested_backend() -> str:
-    """The backend asked for: :func:`use_backend` if active, else ``$FASTOPTIM_BACKEND``, else ``auto``."""
+    """The backend asked for: :func:`use_backend` if active, else ``$FASTOPTIM_BACKEND``, else ``auto``.
+
+    Under ``torch.compile`` the reference rules run: they are plain tensor ops
+    that dynamo traces into the graph, whereas a numba call is opaque to it
+    (and reading the context variable would break the graph every step).
+    """
+    if torch.compiler.is_compiling():
+        return REFERENCE
     name = _forced.get() or os.environ.get("FASTOPTIM_BACKEND") or "auto"
     if name not in BACKENDS:
         raise ValueError(f"FASTOPTIM_BACKEND must be one of {BACKENDS}, not {name!r}")
