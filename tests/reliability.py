@@ -16,20 +16,25 @@ import torch
 
 import fastoptim
 
-#: every optimizer class fastoptim exports (torch.optim's names)
+#: every optimizer class fastoptim exports
 ALGORITHMS = sorted(
     name
-    for name in getattr(fastoptim, "__all__", dir(fastoptim))
+    for name in set(getattr(fastoptim, "__all__", ())) | set(dir(fastoptim))
     if isinstance(getattr(fastoptim, name, None), type)
     and issubclass(getattr(fastoptim, name), torch.optim.Optimizer)
     and getattr(fastoptim, name) is not fastoptim.Optimizer
-    and hasattr(torch.optim, name)  # the algorithms beyond torch (Lion, ...) have no torch class to compare with
 )
+#: those that torch.optim has too (the differential tests compare against it)
+TORCH_ALGORITHMS = [name for name in ALGORITHMS if isinstance(getattr(torch.optim, name, None), type)]
+#: fastoptim's own (Lion, Lamb, ...): tested against their reference rules and for invariants only
+EXTRA_ALGORITHMS = [name for name in ALGORITHMS if name not in TORCH_ALGORITHMS]
 
 #: algorithms that need a closure on every step
 CLOSURE_ONLY = {"LBFGS"}
 #: algorithms that take sparse gradients only
 SPARSE_ONLY = {"SparseAdam"}
+#: algorithms that take 2-D parameters only
+MATRICES_ONLY = {"Muon"}
 
 
 def ours(name: str) -> type:
@@ -161,4 +166,14 @@ def make_trial(name: str, kwargs: dict, dtype=torch.float32):
         single_group=name in CLOSURE_ONLY,
         noncontiguous=name not in CLOSURE_ONLY,
     )
+    if name in MATRICES_ONLY:  # 0-dim and 1-D parameters as 1×n rows
+        def matrix(v):
+            return v if v.dim() == 2 else v.reshape(1, -1)
+
+        problem = Problem(
+            [[matrix(v) for v in group] for group in problem.groups],
+            [matrix(v) for v in problem.scale],
+            [matrix(v) for v in problem.target],
+            problem.sparse,
+        )
     return Trial(ours(name), theirs(name), kwargs, dtype, problem=problem, closure_every_step=name in CLOSURE_ONLY)

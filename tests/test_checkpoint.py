@@ -29,7 +29,8 @@ from fastoptim.checkpoint import (
     save_checkpoint,
 )
 from reliability import (
-    ALGORITHMS,
+    EXTRA_ALGORITHMS,
+    TORCH_ALGORITHMS,
     assert_identical,
     assert_unchanged,
     environ,
@@ -51,7 +52,7 @@ except ImportError:  # pragma: no cover
 
 # ---------------------------------------------------------------- optimizer state_dicts
 def _optimizer_cases():
-    for name in ALGORITHMS:
+    for name in TORCH_ALGORITHMS:
         for index, optim_input in enumerate(optim_db_inputs(name)):
             yield pytest.param(name, index, id=f"{name}-{index}-{optim_input.desc}".replace(" ", "_"))
 
@@ -83,6 +84,42 @@ def test_optimizer_state_dict_loads_weights_only(name, index):
         resumed.step(step)
         for a, b in zip(resumed.flat(resumed.ours), trial.flat(trial.ours)):
             assert_identical(a, b, f"step {step} after restore")
+
+
+@pytest.mark.parametrize("name", EXTRA_ALGORITHMS)
+def test_extra_optimizer_state_dict_loads_weights_only(name):
+    """fastoptim's own algorithms (no optim_db entry): default options, two groups, four steps."""
+    cls = getattr(fastoptim, name)
+
+    def build(seed):
+        gen = torch.Generator().manual_seed(seed)
+        params = [torch.randn(5, 4, generator=gen).requires_grad_(), torch.randn(3, 7, generator=gen).requires_grad_()]
+        optimizer = cls([{"params": params[:1]}, {"params": params[1:]}])
+        if callable(getattr(optimizer, "train", None)):  # schedule-free optimizers have train/eval modes
+            optimizer.train()
+        return params, optimizer
+
+    def step(params, optimizer, i):
+        gen = torch.Generator().manual_seed(100 + i)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=gen)
+        optimizer.step()
+
+    params, optimizer = build(0)
+    for i in range(4):
+        step(params, optimizer, i)
+    state_dict = optimizer.state_dict()
+    loaded = weights_only_roundtrip(state_dict)
+    assert_identical(loaded, state_dict, f"{name} state_dict")
+    params2, optimizer2 = build(1)
+    with torch.no_grad():
+        for p, q in zip(params2, params):
+            p.copy_(q)
+    optimizer2.load_state_dict(loaded)
+    for i in range(4, 7):
+        step(params, optimizer, i)
+        step(params2, optimizer2, i)
+    assert_identical(params2, params, f"{name} after restore")
 
 
 # ---------------------------------------------------------------- scheduler state_dicts

@@ -480,17 +480,33 @@ class Optimizer(torch.optim.Optimizer):
                         f"but its parameter has shape {tuple(param.shape)}"
                     )
 
-    # Options that torch added after 1.0.  Checkpoints of older versions lack
-    # them and the algorithms' ``__setstate__`` fill them in (as torch's do), so
-    # a loaded group need not have them; every other option must be there.
-    _backfilled_options = frozenset(
-        {"amsgrad", "capturable", "centered", "decoupled_weight_decay", "differentiable", "foreach", "fused",
-         "maximize", "momentum", "nesterov"}
-    )
+    # Options a loaded group may lack, beyond those ``__setstate__`` fills in
+    # (found by _options_filled_by_setstate); a subclass may add to it.
+    # ``maximize``: torch's SparseAdam reads it with a default, so its
+    # checkpoints from before torch 1.13 lack it.
+    _backfilled_options: frozenset[str] = frozenset({"maximize"})
+
+    def _options_filled_by_setstate(self) -> frozenset[str]:
+        """Options this class's ``__setstate__`` fills in when a loaded group lacks them.
+
+        torch's algorithms (and ours, after them) fill in the options that
+        torch added after 1.0, so that old checkpoints load.  Found by running
+        ``__setstate__`` on a scratch instance with one empty group: the class
+        says it itself, and nothing of this optimizer is touched.
+        """
+        cls = type(self)
+        probe = cls.__new__(cls)
+        probe.__dict__["defaults"] = dict(self.defaults)
+        try:
+            probe.__setstate__({"state": defaultdict(dict), "param_groups": [{"params": []}]})
+            return frozenset(probe.param_groups[0]) - {"params"}
+        except Exception:  # a __setstate__ that needs more than that: require nothing
+            return frozenset(self.defaults)
 
     def _check_loaded_groups(self, saved_groups: list[dict]) -> None:
         """Reject loaded groups that lack an option this class needs (another class's state_dict)."""
-        needed = [name for name in self.defaults if name not in self._backfilled_options]
+        optional = self._backfilled_options | self._options_filled_by_setstate()
+        needed = [name for name in self.defaults if name not in optional]
         for index, saved in enumerate(saved_groups):
             missing = [name for name in needed if name not in saved]
             if missing:
