@@ -167,6 +167,12 @@ def test_derive_speedup_is_against_the_fastest_torch_variant():
     # 28 MB in 1 ms = 28 GB/s = 70% of a 40 GB/s ceiling
     assert adam["fastoptim"]["gbps"] == pytest.approx(28.0)
     assert adam["fastoptim"]["pct_ceiling"] == pytest.approx(70.0)
+    # a cell that measured its own ceiling is compared with that one
+    cell = [_row("Adam", "torch_fused", 0.002), _row("Adam", "fastoptim", 0.001)]
+    for r in cell:
+        r["cell_ceiling_gbps"] = 35.0
+    runner._derive(cell, ceiling_gbps=40.0)
+    assert cell[1]["pct_ceiling"] == pytest.approx(80.0)  # 28 GB/s of the cell's 35
     sgd = {r["variant"]: r for r in rows if r["algorithm"] == "SGD"}
     assert sgd["fastoptim"]["torch_best"] == "torch_forloop"
     assert sgd["fastoptim"]["speedup_vs_torch_best"] == pytest.approx(0.5)
@@ -201,7 +207,7 @@ def test_markdown_shows_the_derived_numbers():
     adam = next(line for line in text.splitlines() if line.startswith("| Adam | 28 |"))
     # fastoptim: 1.00 ms median, p25 0.95, p75 1.10, 28 GB/s = 70% of 40 GB/s; 1.5x the fused variant
     assert "1.00 (0.950–1.10) · 70%" in adam
-    assert "| 28.0 |" in adam and "1.50× (fused)" in adam
+    assert "| 28.0 | – |" in adam and "1.50× (fused)" in adam  # no cell ceiling in this made-up row
     assert "MALLOC_MMAP_THRESHOLD_=33554432" in text
     assert "LBFGS: skipped" in text
     assert "fastoptim bench --only Adam" in text
@@ -318,6 +324,17 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     ceiling = data["ceiling"]
     assert ceiling["bytes"] == 3 * 4 * ceiling["numel"]
     assert ceiling["gbps"] == pytest.approx(ceiling["bytes"] / ceiling["time_s"]["median"] / 1e9)
+    # sampled at the start and in each cell's rounds, every sample kept once
+    checkpoints = {c["where"]: c["samples_s"] for c in ceiling["checkpoints"]}
+    assert set(checkpoints) == {"start"} | {f"{a} / {s}" for a in ("SGD", "Adam") for s in data["param_sets"]}
+    assert sum(len(v) for v in checkpoints.values()) == ceiling["time_s"]["n"]
+    for key, taken in checkpoints.items():
+        if key != "start":
+            algorithm, set_name = key.split(" / ")
+            cell_gbps = ceiling["bytes"] / stats.summarize(taken)["median"] / 1e9
+            assert len(taken) >= data["config"]["rounds"]
+            row = next(r for r in data["results"] if (r["algorithm"], r["param_set"]) == (algorithm, set_name))
+            assert row["cell_ceiling_gbps"] == pytest.approx(cell_gbps)
 
     cells = {(r["algorithm"], r["param_set"], r["variant"]): r for r in data["results"]}
     for algorithm in ("SGD", "Adam"):
@@ -333,7 +350,7 @@ def test_quick_bench_runs_end_to_end(tmp_path):
                 assert t["min"] <= t["p25"] <= t["median"] <= t["p75"] <= t["max"]
                 assert r["step_bytes"] == per_element * info["n_elements"]
                 assert r["gbps"] == pytest.approx(r["step_bytes"] / t["median"] / 1e9)
-                assert r["pct_ceiling"] == pytest.approx(100 * r["gbps"] / ceiling["gbps"])
+                assert r["pct_ceiling"] == pytest.approx(100 * r["gbps"] / r["cell_ceiling_gbps"])
                 assert r["speedup_vs_torch_best"] == pytest.approx(best["time_s"]["median"] / t["median"])
                 assert r["torch_best"] == best["variant"]
                 assert r["per_tensor_us"] == pytest.approx(1e6 * t["median"] / info["n_tensors"])

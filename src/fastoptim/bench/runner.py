@@ -11,9 +11,10 @@ about not letting the noise favour one side):
   ``time.perf_counter``.  ``k`` is picked from the warm-up so that every
   variant gets about ``budget`` seconds of timed steps; slow variants get fewer
   steps, never fewer than one per round;
-* the garbage collector is off while timing (both sides allocate Python objects);
-* the bandwidth ceiling is sampled at the start, after each algorithm and at the
-  end, and % of ceiling uses the median of all its samples.
+* the bandwidth ceiling (``a.add_(b, alpha=s)``) takes part in every cell's
+  rounds like one more variant, so each cell's % of ceiling compares with a
+  ceiling measured under the same load, interleaved with it;
+* the garbage collector is off while timing (both sides allocate Python objects).
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ class BenchConfig:
     budget_s: float = 1.0  # timed seconds per variant per cell
     max_steps_per_round: int = 50
     ceiling_mib: float = 256.0  # size of each of a and b
-    ceiling_samples: int = 5  # per checkpoint
+    ceiling_samples: int = 5  # at the start, before any cell (then every cell samples it in its rounds)
     memory: bool = True
     memory_trials: int = 3
     cold: bool = True
@@ -169,7 +170,7 @@ def _timed(fn: Callable[[], object]) -> float:
 
 
 class Ceiling:
-    """``a.add_(b, alpha=s)`` over two tensors of ``mib`` MiB each, sampled at checkpoints."""
+    """``a.add_(b, alpha=s)`` over two tensors of ``mib`` MiB each: the bandwidth ceiling."""
 
     def __init__(self, mib: float, dtype: torch.dtype, seed: int) -> None:
         element_size = torch.empty((), dtype=dtype).element_size()
@@ -187,11 +188,19 @@ class Ceiling:
         self._sign = -self._sign
         self.a.add_(self.b, alpha=self._sign * 1e-3)
 
+    def step(self) -> None:
+        self._step()
+
     def sample(self, n: int, label: str) -> None:
         self._step()  # warm: fault in pages, wake threads
-        taken = [_timed(self._step) for _ in range(n)]
+        self.record([_timed(self._step) for _ in range(n)], label)
+
+    def record(self, taken: list[float], label: str) -> dict:
+        """Keep samples taken elsewhere (in a cell's rounds); returns their summary and GB/s."""
         self.samples += taken
-        self.checkpoints.append({"after": label, "samples_s": taken})
+        self.checkpoints.append({"where": label, "samples_s": taken})
+        summary = stats.summarize(taken)
+        return {"time_s": summary, "gbps": stats.gbps(self.bytes, summary["median"])}
 
     def release(self) -> None:
         del self.a, self.b
@@ -213,6 +222,9 @@ def _describe_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
+
+#: the ceiling's key among a cell's participants (never a variant's key)
+CEILING_KEY = "ceiling"
 
 #: every time a step left torch's intra-op thread count changed: {variant, algorithm, set, from, to}
 THREAD_CHANGES: list[dict] = []
@@ -240,8 +252,12 @@ def _run_cell(
     cfg: BenchConfig,
     rng: random.Random,
     threads: int,
+    ceiling: Ceiling,
 ) -> list[dict]:
-    """Time every variant of one (algorithm, parameter set) cell; one result dict per variant."""
+    """Time every variant of one (algorithm, parameter set) cell, and the ceiling among them.
+
+    Returns one result dict per variant, each carrying the cell's ceiling.
+    """
     params = pset.fresh_params()
     if algorithm == "SparseAdam":
         grads = [paramsets.sparse_grad(g, seed=cfg.seed) for g in pset.grads]
@@ -260,37 +276,42 @@ def _run_cell(
             rows[v.key]["error"] = _describe_error(exc)
 
     last = [None]
+    # the ceiling runs in the same rounds, under a key no variant uses
+    runners: dict[str, Callable[[], object]] = {CEILING_KEY: ceiling.step}
 
     def step(key: str) -> float | None:
         _restore_threads(threads, algorithm, pset.name, last[0])
         last[0] = key
         try:
-            return _timed(optimizers[key].step)
+            return _timed(runners.get(key) or optimizers[key].step)
         except Exception as exc:  # noqa: BLE001
             rows[key]["error"] = _describe_error(exc)
             del optimizers[key]
             return None
 
-    warm: dict[str, list[float]] = {k: [] for k in optimizers}
+    def participants() -> list[str]:
+        return [*optimizers, CEILING_KEY]
+
+    warm: dict[str, list[float]] = {k: [] for k in participants()}
     for _ in range(cfg.warmup):
-        for key in list(optimizers):
+        for key in participants():
             t = step(key)
             if t is not None:
                 warm[key].append(t)
 
     steps_per_round = {}
     for key, times in warm.items():
-        if key in optimizers and times:
+        if key in participants() and times:
             typical = stats.quantile(times[1:] or times, 0.5)  # the first step allocates state
             wanted = round(cfg.budget_s / cfg.rounds / max(typical, 1e-9))
             steps_per_round[key] = int(min(max(wanted, 1), cfg.max_steps_per_round))
 
-    samples: dict[str, list[float]] = {k: [] for k in optimizers}
+    samples: dict[str, list[float]] = {k: [] for k in participants()}
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
         for _ in range(cfg.rounds):
-            order = [k for k in optimizers]
+            order = participants()
             rng.shuffle(order)
             for key in order:
                 for _ in range(steps_per_round.get(key, 1)):
@@ -313,9 +334,13 @@ def _run_cell(
             except Exception as exc:  # noqa: BLE001
                 rows[key]["error"] = _describe_error(exc)
 
+    cell_ceiling = None
+    if samples[CEILING_KEY]:
+        cell_ceiling = ceiling.record(samples[CEILING_KEY], f"{algorithm} / {pset.name}")
     for v in variants:
         row = rows[v.key]
         row.update(algorithm=algorithm, param_set=pset.name, step_bytes=nbytes, n_tensors=pset.n_tensors)
+        row["cell_ceiling_gbps"] = cell_ceiling["gbps"] if cell_ceiling else None
         times = samples.get(v.key)
         if row["error"] is None and times:
             summary = stats.summarize(times)
@@ -351,7 +376,8 @@ def _derive(results: list[dict], ceiling_gbps: float | None) -> None:
         torch_rows = [r for r in timed if r["library"] == "torch"] or [r for r in timed if r["library"] == "reference"]
         best = min(torch_rows, key=lambda r: r["time_s"]["median"], default=None)
         for r in timed:
-            r["pct_ceiling"] = stats.percent_of(r.get("gbps"), ceiling_gbps)
+            # against the ceiling measured in the cell's own rounds when there is one
+            r["pct_ceiling"] = stats.percent_of(r.get("gbps"), r.get("cell_ceiling_gbps") or ceiling_gbps)
             r["torch_best"] = best["variant"] if best else None
             r["speedup_vs_torch_best"] = stats.speedup(
                 best["time_s"]["median"] if best else None, r["time_s"]["median"]
@@ -442,7 +468,7 @@ def run(cfg: BenchConfig) -> dict:
     started = time.time()
 
     n_cold = len(cfg.algorithms) * (1 + cfg.cold_torch) if cfg.cold else 0
-    total = len(cfg.algorithms) * len(cfg.sets) + len(cfg.algorithms) + 1 + n_cold
+    total = len(cfg.algorithms) * len(cfg.sets) + 1 + n_cold
     results: list[dict] = []
     notes: dict[str, dict[str, str]] = {}
     cold: list[dict] = []
@@ -460,11 +486,8 @@ def run(cfg: BenchConfig) -> dict:
             variants, notes[algorithm] = variants_for(algorithm)
             for name, pset in sets.items():
                 bar.set_postfix_str(f"{algorithm} / {name}")
-                results += _run_cell(algorithm, pset, variants, cfg, rng, threads)
+                results += _run_cell(algorithm, pset, variants, cfg, rng, threads, ceiling)
                 bar.update()
-            bar.set_postfix_str("ceiling")
-            ceiling.sample(cfg.ceiling_samples, algorithm)
-            bar.update()
         ceiling.release()
         ceiling_result = ceiling.result()
         _derive(results, ceiling_result["gbps"])
