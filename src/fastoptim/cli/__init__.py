@@ -26,8 +26,15 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (no usage dump), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineErrorParser(
         prog="fastoptim",
         description="fastoptim: torch.optim, at the memory-bandwidth limit.",
     )
