@@ -6,6 +6,7 @@ No timing assertions: measured times only ever feed the arithmetic checks
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import random
@@ -16,7 +17,7 @@ import torch
 
 import fastoptim
 from fastoptim.bench import bytemodel, memory, paramsets, report, runner, stats
-from fastoptim.bench.variants import SKIP_REASONS, discover_algorithms, variants_for
+from fastoptim.bench.variants import REFERENCE_PACKAGES, SKIP_REASONS, discover_algorithms, variants_for
 from fastoptim.cli import CLIError, build_parser, main
 
 # --------------------------------------------------------------------------- byte model
@@ -71,7 +72,7 @@ def test_state_names_are_torchs(algorithm, traffic, shape):
 
 def test_every_benched_algorithm_has_a_byte_model():
     algorithms, skipped = discover_algorithms()
-    assert set(skipped) <= set(SKIP_REASONS)
+    assert set(skipped) <= set(SKIP_REASONS) | set(REFERENCE_PACKAGES)  # the latter when a package is missing
     assert [a for a in algorithms if a not in bytemodel.BYTE_MODEL] == []
     assert "LBFGS" not in algorithms
 
@@ -363,3 +364,36 @@ def test_quick_bench_runs_end_to_end(tmp_path):
     assert cold[("SGD", "fastoptim")]["import_s"]["median"] > 0  # first in its process: pays the import
     assert "## Cold first step" in md and "## Byte model" in md
     assert "MALLOC_TOP_PAD_=1073741824" in md
+
+
+def test_algorithms_beyond_torch_are_benched_against_their_reference_packages():
+    algorithms, _ = discover_algorithms()
+    for name, (module, class_name, _) in REFERENCE_PACKAGES.items():
+        if importlib.util.find_spec(module) is None:
+            continue
+        assert name in algorithms and name in bytemodel.BYTE_MODEL
+        variants, notes = variants_for(name)
+        assert [v.library for v in variants][-1] == "fastoptim"
+        assert {v.library for v in variants[:-1]} == {"reference"}
+        assert notes["reference"].startswith(f"{module}.{class_name} ")
+        p = torch.zeros(4, 3, requires_grad=True)
+        for variant in variants:
+            p.grad = torch.ones(4, 3)
+            variant.make([p]).step()  # Schedule-Free ones come in train mode
+
+
+def test_a_missing_reference_package_skips_its_algorithms(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "schedulefree" else real(name, *a))
+    algorithms, skipped = discover_algorithms()
+    assert "AdamWScheduleFree" not in algorithms and "schedulefree" in skipped["AdamWScheduleFree"]
+    assert "Lion" in algorithms or importlib.util.find_spec("lion_pytorch") is None
+
+
+def test_reference_rows_are_the_baseline_where_torch_has_none():
+    rows = [
+        {"algorithm": "Lion", "param_set": "big", "variant": v, "library": lib, "time_s": {"median": t}, "gbps": 1.0}
+        for v, lib, t in (("reference", "reference", 2.0), ("fastoptim", "fastoptim", 0.5))
+    ]
+    runner._derive(rows, ceiling_gbps=2.0)
+    assert rows[1]["torch_best"] == "reference" and rows[1]["speedup_vs_torch_best"] == 4.0
