@@ -308,6 +308,17 @@ def test_layout_mismatch_and_sparse_gradients_fall_back_per_parameter():
         torch.testing.assert_close(p, q)
 
 
+def test_misshapen_state_falls_back_to_the_reference_error():
+    p = torch.randn(3, 4, requires_grad=True)
+    p.grad = torch.ones(3, 4)
+    opt = fastoptim.Adam([p])
+    opt.step()
+    opt.state[p]["exp_avg"] = torch.zeros(4, 3)  # as many elements, another shape
+    assert backend_for(opt) == "reference"
+    with pytest.raises(RuntimeError):
+        opt.step()
+
+
 def test_duplicate_parameter_falls_back():
     p = torch.randn(3, requires_grad=True)
     with warnings.catch_warnings():

@@ -16,9 +16,10 @@ So the kernels use their own locator:
   hash of every source file of ``fastoptim.kernels.cpu`` -- any edit gives a
   fresh directory, never a stale hit;
 * the first call of each kernel signature in a process (the call that loads
-  or compiles it) holds an exclusive ``flock`` on ``<dir>/.lock``: processes
-  that start together on an empty cache compile one after another, and the
-  later ones load what the first one wrote instead of compiling again.
+  or compiles it) holds an exclusive ``flock`` on ``<dir>/.lock-<kernel>``:
+  processes that start together on an empty cache compile a kernel one after
+  another, and the later ones load what the first one wrote instead of
+  compiling again.
 
 When no directory is writable the kernels still work, compiled in memory.
 """
@@ -139,14 +140,19 @@ _thread_lock = threading.Lock()
 
 
 @contextlib.contextmanager
-def compile_lock() -> Iterator[None]:
-    """Exclusive across threads and processes sharing :data:`CACHE_DIR` (held while loading/compiling)."""
+def compile_lock(name: str) -> Iterator[None]:
+    """Exclusive across threads, and across processes sharing :data:`CACHE_DIR`, for kernel ``name``.
+
+    Held while a kernel signature is loaded or compiled.  One lock per kernel
+    (numba keeps one index file per function): processes loading or compiling
+    other kernels never wait for each other.
+    """
     with _thread_lock:
         if CACHE_DIR is None or fcntl is None:
             yield
             return
         try:
-            fd = os.open(os.path.join(CACHE_DIR, ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(os.path.join(CACHE_DIR, f".lock-{name}"), os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
             yield
             return

@@ -379,11 +379,13 @@ def why_not(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Seq
         return "no gradient"
     if type(grad) not in _PLAIN_TYPES or grad.layout is not _STRIDED or not grad.is_cpu:
         return "sparse, subclass or non-CPU gradient"
-    if grad.dtype is not dtype:
-        return f"gradient dtype {grad.dtype} differs from parameter dtype {dtype}"
+    if grad.dtype is not dtype or grad.shape != p.shape:
+        return "gradient of another dtype or shape"
     for b in buffers:
         if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or b.layout is not _STRIDED:
             return "a state buffer of another dtype, device or layout"
+        if b.shape != p.shape:
+            return "a state buffer shaped unlike its parameter"
     for s in scalars:
         if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu or s.numel() != 1:
             return "a scalar state (step, ...) is not a 1-element float32/float64 CPU tensor"
@@ -396,11 +398,13 @@ def _plain(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Sequ
     """The common case, checked quickly: all contiguous CPU tensors of one dtype (a subset of ``why_not() is None``)."""
     try:
         dtype = p.dtype
+        shape = p.shape
         if (
             dtype not in STORAGE
             or type(p) not in _PLAIN_TYPES
             or type(grad) not in _PLAIN_TYPES
             or grad.dtype is not dtype
+            or grad.shape != shape
             or not (p.is_cpu and grad.is_cpu)
             or p.layout is not _STRIDED
             or grad.layout is not _STRIDED
@@ -408,7 +412,7 @@ def _plain(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Sequ
         ):
             return False
         for b in buffers:
-            if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or not b.is_contiguous():
+            if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or not b.is_contiguous() or b.shape != shape:
                 return False
         for s in scalars:
             if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu or s.numel() != 1:
@@ -537,7 +541,7 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
         if key in _warm:
             kernel_fn(table, scalars, batch.witness, GRAIN)
         else:
-            with _cache.compile_lock():
+            with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
                 kernel_fn(table, scalars, batch.witness, GRAIN)
             _warm.add(key)
     if torch.get_num_threads() != wanted:
