@@ -1,7 +1,11 @@
-"""Imported by test_fault_injection's forkserver: compile the kernels once, before any run is forked.
+"""Imported by test_fault_injection's forkserver: get the kernels into memory before any run is forked.
 
 Each forked run then starts with the kernels in memory instead of loading
-them from the disk cache (about a second per kernel on a busy machine).
+them from the disk cache (about a second per kernel on a busy machine).  The
+test first imports this module in a throwaway process, which fills a private
+kernel cache, so that the forkserver and the reference run both *load* the
+kernels (a process that compiles one computes other bits: see
+test_jit_cache_concurrency).
 numba's GNU OpenMP threading layer refuses to run in a process forked after it
 started, so this process, and every run forked from it, uses numba's
 ``workqueue`` layer.  The runs use one thread (``torch.set_num_threads(1)``,

@@ -19,7 +19,8 @@ No temporary file may be left behind.
 
 Starting a Python process that imports torch takes seconds on a busy 2-core
 machine, so the trials fork from a ``forkserver`` that has imported torch and
-fastoptim once; each run is still a separate process that dies by SIGKILL and
+fastoptim and loaded the kernels once (from a private cache that a throwaway
+process fills first); each run is still a separate process that dies by SIGKILL and
 shares nothing in memory with the run before it.  The reference run, a fresh
 interpreter, proves that the forked runs compute what a plain script does.
 
@@ -55,13 +56,32 @@ pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SI
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def kernel_cache(tmp_path_factory):
+    """A private kernel cache, filled by a throwaway process before any run starts.
+
+    A process that compiles a kernel computes other bits than one that loads it
+    from the cache (test_jit_cache_concurrency's xfail), so the reference run
+    and the forkserver must both *load* the kernels.
+    """
+    path = tmp_path_factory.mktemp("kernel-cache")
+    env = dict(os.environ, FASTOPTIM_CACHE_DIR=str(path), PYTHONPATH=os.pathsep.join(
+        filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    env.pop("FASTOPTIM_BACKEND", None)
+    done = subprocess.run([sys.executable, "-c", "import fault_warmup"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, kernel_cache):
     """Final states of uninterrupted runs, from a fresh interpreter running the script itself.
 
     Started first and collected when first needed, so it runs while the forkserver warms up.
     """
     root = tmp_path_factory.mktemp("reference")
     env = {k: v for k, v in os.environ.items() if k not in ("FASTOPTIM_CHECKPOINT_TEST_DELAY", "FASTOPTIM_BACKEND")}
+    env["FASTOPTIM_CACHE_DIR"] = str(kernel_cache)
     process = subprocess.Popen(
         [sys.executable, str(HERE / "fault_train.py"), "--dir", str(root / "ckpt"), "--out", str(root / "out"),
          "--steps", str(STEPS), "--every", str(EVERY)],
@@ -88,12 +108,14 @@ def reference(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def forkserver(reference):
-    """A forkserver that has imported torch and fastoptim and compiled the kernels (tests/fault_warmup.py)."""
+def forkserver(reference, kernel_cache):
+    """A forkserver that has imported torch and fastoptim and loaded the kernels (tests/fault_warmup.py)."""
     context = multiprocessing.get_context("forkserver")
-    saved = {k: os.environ.get(k) for k in ("FASTOPTIM_CHECKPOINT_TEST_DELAY", "FASTOPTIM_BACKEND", "PYTHONPATH")}
+    saved = {k: os.environ.get(k) for k in
+             ("FASTOPTIM_CHECKPOINT_TEST_DELAY", "FASTOPTIM_BACKEND", "PYTHONPATH", "FASTOPTIM_CACHE_DIR")}
     os.environ.pop("FASTOPTIM_CHECKPOINT_TEST_DELAY", None)
     os.environ.pop("FASTOPTIM_BACKEND", None)
+    os.environ["FASTOPTIM_CACHE_DIR"] = str(kernel_cache)
     # The forkserver is a fresh interpreter: it finds tests/fault_warmup.py through PYTHONPATH
     # (it silently skips a preload module it cannot import; test_killed_runs checks it did not).
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), saved["PYTHONPATH"]]))
