@@ -367,7 +367,7 @@ def test_a_failed_save_changes_nothing(tmp_path, monkeypatch, failing):
     target = {
         "torch.save": (ckpt_mod.torch, "save", save_half_then_fail),
         "fsync": (ckpt_mod.os, "fsync", boom),
-        "verify": (ckpt_mod, "read_checkpoint", boom),
+        "verify": (ckpt_mod, "_read", boom),
         "os.replace": (ckpt_mod.os, "replace", boom),
     }[failing]
     monkeypatch.setattr(*target)

@@ -370,6 +370,8 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there: assume it is alive
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -460,7 +462,7 @@ def save_checkpoint(
             file.flush()
             os.fsync(file.fileno())
         if verify:
-            read_checkpoint(temp)
+            _read(temp, "cpu", mmap=True)  # mapped: checking a large file does not need its size in memory
         delay = _fault_delay("rename")
         if delay:
             time.sleep(delay)
@@ -509,11 +511,14 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
     Raises :class:`CorruptCheckpointError` if the file is truncated, corrupt,
     or not a fastoptim checkpoint, and ``FileNotFoundError`` if it is absent.
     """
-    path = Path(path)
+    return _read(Path(path), map_location)
+
+
+def _read(path: Path, map_location: Any, mmap: bool = False) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {path}")
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        payload = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as exc:  # truncated zip, garbled pickle, ...: every failure means "unreadable"
         raise CorruptCheckpointError(f"{path} cannot be read: {type(exc).__name__}: {exc}".strip()) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
