@@ -198,6 +198,19 @@ def test_kernel_matches_reference_rule(case, dtype, small_grain):
     run_side_by_side(name, kwargs, dtype, params, lambda step: grads_for(params, step), STEPS, GRADLESS_STEP)
 
 
+@pytest.mark.parametrize("name", ["Adam", "NAdam", "ASGD", "RAdam"])
+def test_float64_default_dtype(name, small_grain):
+    """Under a float64 default dtype the 0-dim state (step, mu_product, eta, mu) is float64."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        params = make_params(torch.float32)
+        kernel_opt, _ = run_side_by_side(name, {}, torch.float32, params, lambda step: grads_for(params, step), 4)
+        assert next(iter(kernel_opt.state.values()))["step"].dtype == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+
+
 @pytest.mark.parametrize("case", CONFIGS, ids=config_id)
 def test_nan_and_inf_propagate_like_the_reference(case, small_grain):
     """fastmath flags without 'nnan'/'ninf': NaN and ±inf end up exactly where the reference puts them."""

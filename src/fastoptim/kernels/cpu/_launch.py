@@ -67,7 +67,8 @@ def helper(fn: Callable) -> Any:
     A kernel calls it as a separate function; LLVM may inline it, but the
     fast-math flags stay on the kernel's own instructions.
     """
-    return numba.njit(nogil=True, error_model="numpy")(fn)
+    # fastmath=False explicitly: a callee that leaves it unset inherits its caller's flags
+    return numba.njit(fastmath=False, nogil=True, error_model="numpy")(fn)
 
 
 # ----------------------------------------------------------------------------- table layout
@@ -504,13 +505,17 @@ def gather(
         batch = batches.get(p.dtype)
         if batch is None:
             batch = batches[p.dtype] = Batch(p.dtype)
-        n = p.numel()
-        batch.numel += n
-        row = [n, flag(p, entry) if flag is not None else 0, p.data_ptr(), grad.data_ptr()]
-        for s in scals:
-            row.append(s.data_ptr())
-            row.append(_SCALAR_DTYPES[s.dtype])
-        row.extend([b.data_ptr() for b in bufs])
+        try:
+            row = [p.numel(), flag(p, entry) if flag is not None else 0, p.data_ptr(), grad.data_ptr()]
+            for s in scals:
+                row.append(s.data_ptr())
+                row.append(_SCALAR_DTYPES[s.dtype])
+            row.extend([b.data_ptr() for b in bufs])
+        except RuntimeError:  # a tensor without storage (functorch wrapper, meta, ...)
+            out.rest.append(p)
+            out.reasons.append("a tensor without accessible storage")
+            continue
+        batch.numel += row[NUMEL]
         batch.rows.append(row)
         batch.written.append(p)
         batch.written.extend(bufs)
@@ -530,6 +535,8 @@ def _threads(numel: int, wanted: int) -> int:
 
 def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
     """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, then bump version counters."""
+    if not batch.rows:
+        return
     table = batch.table()
     scalars = np.array(hyper, dtype=np.float64)
     key = (id(kernel_fn), batch.dtype)
