@@ -362,8 +362,8 @@ def test_backend_selection(monkeypatch):
 
 
 def test_thread_count_follows_torch():
-    p = torch.randn(200_000, requires_grad=True)
-    p.grad = torch.randn(200_000)
+    p = torch.randn(600_000, requires_grad=True)
+    p.grad = torch.randn(600_000)
     opt = fastoptim.SGD([p], lr=0.1)
     before = torch.get_num_threads()
     try:
@@ -374,6 +374,10 @@ def test_thread_count_follows_torch():
         torch.set_num_threads(max(2, before))
         opt.step()
         assert numba.get_num_threads() == min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)
+        small = torch.randn(1000, requires_grad=True)
+        small.grad = torch.randn(1000)
+        fastoptim.SGD([small], lr=0.1).step()
+        assert numba.get_num_threads() == 1  # too little work to wake another thread
     finally:
         torch.set_num_threads(before)
 

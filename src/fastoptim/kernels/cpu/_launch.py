@@ -9,8 +9,9 @@ One numba launch then updates every tensor of the group:
   does in the reference rules) and returns the new values, so per-tensor
   scalars (bias corrections) follow each tensor's own step;
 * :func:`plan` cuts the group's elements into chunks of about ``grain``
-  elements -- small tensors are packed together, big ones split -- so that
-  numba's static ``prange`` schedule gives every thread the same work;
+  elements -- small tensors are packed together, big ones split -- and the
+  threads take chunks one at a time (``numba.set_parallel_chunksize(1)``), so
+  they finish together whatever the mix of sizes or a busy core;
 * :func:`column` views a slice of one tensor (from its address) as a numpy
   array; :func:`load` / :func:`store` / :func:`scalar` read, write and convert
   in the compute precision (float32 for float32 and bfloat16 storage, float64
@@ -24,6 +25,7 @@ autograd version counters of everything it wrote, as torch's in-place ops do.
 
 from __future__ import annotations
 
+import operator
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -395,34 +397,6 @@ def why_not(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Seq
     return None
 
 
-def _plain(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Sequence[Any]) -> bool:
-    """The common case, checked quickly: all contiguous CPU tensors of one dtype (a subset of ``why_not() is None``)."""
-    try:
-        dtype = p.dtype
-        shape = p.shape
-        if (
-            dtype not in STORAGE
-            or type(p) not in _PLAIN_TYPES
-            or type(grad) not in _PLAIN_TYPES
-            or grad.dtype is not dtype
-            or grad.shape != shape
-            or not (p.is_cpu and grad.is_cpu)
-            or p.layout is not _STRIDED
-            or grad.layout is not _STRIDED
-            or not (p.is_contiguous() and grad.is_contiguous())
-        ):
-            return False
-        for b in buffers:
-            if type(b) not in _PLAIN_TYPES or b.dtype is not dtype or not b.is_cpu or not b.is_contiguous() or b.shape != shape:
-                return False
-        for s in scalars:
-            if type(s) not in _PLAIN_TYPES or s.dtype not in _SCALAR_DTYPES or not s.is_cpu or s.numel() != 1:
-                return False
-    except (AttributeError, RuntimeError):  # not tensors; sparse buffers have no strides
-        return False
-    return True
-
-
 class Batch:
     """The parameters of one dtype, ready for one launch."""
 
@@ -480,21 +454,66 @@ def gather(
         out.reasons.append("a parameter appears twice in the group")
         return out
     batches = out.batches
+    names = (*scalars, *buffers)
+    nscal = len(scalars)
+    fetch = operator.itemgetter(*names) if names else None
+    state_get = state.get
+    plain_types = _PLAIN_TYPES
+    storage = STORAGE
+    scalar_dtypes = _SCALAR_DTYPES
+    batch = None
     for p in params:
-        entry = state.get(p)
+        entry = state_get(p)
         grad = p.grad
+        if fetch is None:
+            held = ()
+        else:
+            try:
+                held = fetch(entry)
+            except (KeyError, TypeError):
+                if not dry_run or entry:
+                    out.rest.append(p)
+                    out.reasons.append("state entry missing")
+                    continue
+                held = [None] * len(names)
+            else:
+                if len(names) == 1:
+                    held = (held,)
+        scals, bufs = held[:nscal], held[nscal:]
+        if dry_run:
+            if entry is None or not entry:
+                scals, bufs = (), ()
+            if grad is None:
+                grad = p
+        # The common case, checked inline (a subset of why_not() is None):
+        # contiguous CPU tensors of one supported dtype and shape.
+        dtype = p.dtype
         try:
-            bufs = [entry[name] for name in buffers]
-            scals = [entry[name] for name in scalars]
-        except (KeyError, TypeError):
-            if not dry_run or entry:
-                out.rest.append(p)
-                out.reasons.append("state entry missing")
-                continue
-            bufs, scals = [], []
-        if dry_run and grad is None:
-            grad = p
-        if not _plain(p, grad, bufs, scals):
+            shape = p.shape
+            ok = (
+                dtype in storage
+                and type(p) in plain_types
+                and type(grad) in plain_types
+                and grad.dtype is dtype
+                and grad.shape == shape
+                and p.is_cpu
+                and grad.is_cpu
+                and p.is_contiguous()
+                and grad.is_contiguous()
+            )
+            if ok:
+                for b in bufs:
+                    if type(b) not in plain_types or b.dtype is not dtype or not b.is_cpu or b.shape != shape or not b.is_contiguous():
+                        ok = False
+                        break
+            if ok:
+                for v in scals:
+                    if type(v) not in plain_types or v.dtype not in scalar_dtypes or not v.is_cpu or v.numel() != 1:
+                        ok = False
+                        break
+        except (AttributeError, RuntimeError):  # not tensors; sparse tensors have no strides
+            ok = False
+        if not ok:
             reason = why_not(p, grad, bufs, scals)
             if reason is not None:
                 out.rest.append(p)
@@ -502,24 +521,26 @@ def gather(
                 continue
         if dry_run:
             continue
-        batch = batches.get(p.dtype)
-        if batch is None:
-            batch = batches[p.dtype] = Batch(p.dtype)
         try:
             row = [p.numel(), flag(p, entry) if flag is not None else 0, p.data_ptr(), grad.data_ptr()]
-            for s in scals:
-                row.append(s.data_ptr())
-                row.append(_SCALAR_DTYPES[s.dtype])
-            row.extend([b.data_ptr() for b in bufs])
+            for v in scals:
+                row.append(v.data_ptr())
+                row.append(scalar_dtypes[v.dtype])
+            for b in bufs:
+                row.append(b.data_ptr())
         except RuntimeError:  # a tensor without storage (functorch wrapper, meta, ...)
             out.rest.append(p)
             out.reasons.append("a tensor without accessible storage")
             continue
+        if batch is None or batch.dtype is not dtype:
+            batch = batches.get(dtype)
+            if batch is None:
+                batch = batches[dtype] = Batch(dtype)
         batch.numel += row[NUMEL]
         batch.rows.append(row)
-        batch.written.append(p)
-        batch.written.extend(bufs)
-        batch.written.extend(scals)
+        written = batch.written
+        written.append(p)
+        written.extend(held)
     return out
 
 
@@ -527,10 +548,15 @@ _launch_lock = threading.Lock()
 _warm: set[tuple[int, torch.dtype]] = set()
 
 
+#: a launch uses another thread only for this many more elements (~7 MB of
+#: Adam traffic, ~150 µs): waking a thread costs 10-20 µs on an idle machine,
+#: and milliseconds when its core is busy with another process
+ELEMENTS_PER_THREAD = 4 * GRAIN
+
+
 def _threads(numel: int, wanted: int) -> int:
-    """Threads for a launch: torch's intra-op setting, no more than there are chunks."""
-    chunks = max(1, -(-numel // GRAIN))
-    return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, chunks))
+    """Threads for a launch: torch's intra-op setting, but none idle or waking for too little work."""
+    return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, numel // ELEMENTS_PER_THREAD))
 
 
 def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
@@ -545,12 +571,18 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
     wanted = torch.get_num_threads()
     with _launch_lock:
         numba.set_num_threads(_threads(batch.numel, wanted))
-        if key in _warm:
-            kernel_fn(table, scalars, batch.witness, GRAIN)
-        else:
-            with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
+        # Chunks are handed out one at a time, not split evenly up front: on a
+        # shared machine a descheduled thread's chunks go to the other threads.
+        previous_chunksize = numba.set_parallel_chunksize(1)
+        try:
+            if key in _warm:
                 kernel_fn(table, scalars, batch.witness, GRAIN)
-            _warm.add(key)
+            else:
+                with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
+                    kernel_fn(table, scalars, batch.witness, GRAIN)
+                _warm.add(key)
+        finally:
+            numba.set_parallel_chunksize(previous_chunksize)
     if torch.get_num_threads() != wanted:
         # numba's OpenMP pool is torch's libgomp: starting it resets the
         # process-wide OpenMP thread count, which torch reports as its own.
