@@ -44,6 +44,7 @@ import torch
 
 import fastoptim
 import fault_train
+from fastoptim.checkpoint import CorruptCheckpointError, read_checkpoint
 from reliability import assert_identical
 
 HERE = Path(__file__).resolve().parent
@@ -165,6 +166,8 @@ def _run(context, name, directory, out, *, kill_at=None, slow_save=None):
                 break
             events.append(event)
             if kill_at is not None and event == kill_at:
+                if slow_save is not None:
+                    _wait_until_paused(directory, slow_save[1], deadline)
                 os.kill(process.pid, signal.SIGKILL)
                 break
             if event[0] in ("done", "error"):
@@ -184,6 +187,22 @@ def _run(context, name, directory, out, *, kill_at=None, slow_save=None):
     errors = [event[1] for event in events if event[0] == "error"]
     assert not errors, f"{name} run failed:\n{errors[0]}"
     return events, process.exitcode
+
+
+def _temp_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob(".checkpoint-*.tmp")) if directory.is_dir() else []
+
+
+def _wait_until_paused(directory: Path, phase: str, deadline: float) -> None:
+    """Wait until the save is inside its pause: after its first bytes ("write"), or with the file
+    complete, fsync-ed and verified, before the rename ("rename")."""
+    while time.monotonic() < deadline:
+        temps = _temp_files(directory)
+        if temps and temps[0].stat().st_size > 0:
+            break
+        time.sleep(0.001)
+    if phase == "rename":
+        time.sleep(0.3)  # writing, fsync and the read-back of this small file take milliseconds
 
 
 def _plan(rng, name):
@@ -238,7 +257,15 @@ def test_killed_runs_resume_bit_identical(name, reference, forkserver, tmp_path)
                 assert code == -signal.SIGKILL, f"{where}: exit code {code}, events {events[-3:]}"
                 if slow_save is not None:
                     kills_during_save += 1
-                    # The kill came during the pause: that save never completed.
+                    # The kill came during the pause: that save never completed, and left its
+                    # temporary file (partial, or complete but not renamed) for the resume to ignore.
+                    temps = _temp_files(directory)
+                    assert len(temps) == 1 and temps[0].stat().st_size > 0, f"{where}: temporary files {temps}"
+                    if slow_save[1] == "rename":
+                        read_checkpoint(temps[0])  # complete and intact, yet never became a checkpoint
+                    else:
+                        with pytest.raises(CorruptCheckpointError):  # cut after its first bytes
+                            read_checkpoint(temps[0])
                     in_flight = None
         final = torch.load(out, weights_only=True)
         assert reference(f"{name}-backend") == expected_backend, "the reference run used another backend"
