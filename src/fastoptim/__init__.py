@@ -22,7 +22,7 @@ from .algorithms.rprop import Rprop
 from .algorithms.schedule_free import AdamWScheduleFree, SGDScheduleFree
 from .algorithms.sgd import SGD
 from .algorithms.sparse_adam import SparseAdam
-from . import lr_scheduler, param_groups, swa_utils  # noqa: F401  (submodules; the first and last as in torch.optim)
+from . import checkpoint, lr_scheduler, param_groups, swa_utils  # noqa: F401  (submodules; lr_scheduler and swa_utils as in torch.optim)
 from .optimizer import Optimizer, register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 __version__ = "0.1.0"
@@ -50,6 +50,7 @@ __all__ = [
     "SGD",
     "SGDScheduleFree",
     "SparseAdam",
+    "checkpoint",
     "lr_scheduler",
     "param_groups",
     "register_optimizer_step_post_hook",
