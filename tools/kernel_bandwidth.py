@@ -4,8 +4,12 @@
         python tools/kernel_bandwidth.py [--sets many,big] [--only Adam,SGD] [--rounds 15] [--torch]
 
 One process, interleaved rounds (the ceiling ``a.add_(b, alpha=s)`` over 256 MB,
-then each variant, then again): the minimum of each is compared, so load from
-other processes hurts all columns alike.  GB/s is the minimum traffic of the
+the same read-modify-write over the optimizer's own parameters and gradients
+(``torch._foreach_add_``), then each variant, then again): the minimum of each
+is compared, so load from other processes hurts all columns alike.  Each
+variant is given as a percentage of both ceilings: on a VM the pages behind one
+256 MB buffer can be much slower than those behind another (host page size),
+and the second ceiling runs on the very pages the step touches.  GB/s is the minimum traffic of the
 algorithm's default configuration (``fastoptim.bench.bytemodel``) over the
 minimum step time.  ``fastoptim bench`` is the full benchmark; this probe only
 exists to check the kernels quickly (docs/kernels.md quotes it).
@@ -35,6 +39,8 @@ def make(lib, name, paramset, **kwargs):
     for p, g in zip(params, paramset.grads):
         p.grad = g.clone()
     opt = getattr(lib, name)(params, **kwargs)
+    if hasattr(opt, "train"):  # Schedule-Free: steps only in train mode
+        opt.train()
     opt.step()  # state created, kernels compiled or loaded
     return opt
 
@@ -55,30 +61,37 @@ def main() -> None:
         for name in args.only.split(","):
             variants = {"fastoptim": make(fastoptim, name, paramset)}
             assert backend_for(variants["fastoptim"]) == "numba", name
-            if args.torch:
+            if args.torch and hasattr(torch.optim, name):
                 if name in TORCH_FUSED:
                     variants["torch fused"] = make(torch.optim, name, paramset, fused=True)
                 variants["torch foreach"] = make(torch.optim, name, paramset, foreach=True)
-            times: dict[str, list[float]] = {"ceiling": [], **{k: [] for k in variants}}
+            own = [p for g in variants["fastoptim"].param_groups for p in g["params"]]
+            own_grads = [p.grad for p in own]
+            times: dict[str, list[float]] = {"ceiling": [], "same-memory ceiling": [], **{k: [] for k in variants}}
             for _ in range(args.rounds):
-                for _ in range(3):  # the yardstick gets the most chances to catch a quiet moment
+                for _ in range(3):  # the yardsticks get the most chances to catch a quiet moment
                     t = time.perf_counter()
                     a.add_(b, alpha=1e-9)
                     times["ceiling"].append(time.perf_counter() - t)
+                    with torch.no_grad():
+                        t = time.perf_counter()
+                        torch._foreach_add_(own, own_grads, alpha=1e-9)
+                        times["same-memory ceiling"].append(time.perf_counter() - t)
                 for key, opt in variants.items():
                     t = time.perf_counter()
                     opt.step()
                     times[key].append(time.perf_counter() - t)
             ceiling = ceiling_bytes(ceiling_n, 4) / min(times["ceiling"]) / 1e9
+            same = ceiling_bytes(paramset.n_elements, 4) / min(times["same-memory ceiling"]) / 1e9
             moved = step_bytes(name, paramset.params, paramset.grads)
             cells = []
             for key in variants:
                 gbs = moved / min(times[key]) / 1e9
                 cells.append(
-                    f"{key} {gbs:5.1f} GB/s = {100 * gbs / ceiling:3.0f}% "
+                    f"{key} {gbs:5.1f} GB/s = {100 * gbs / ceiling:3.0f}% / {100 * gbs / same:3.0f}% "
                     f"(min {1e3 * min(times[key]):.1f} ms, median {1e3 * statistics.median(times[key]):.1f})"
                 )
-            print(f"  {name:9s} ceiling {ceiling:5.1f} GB/s | " + " | ".join(cells))
+            print(f"  {name:9s} ceiling {ceiling:5.1f} / same-memory {same:5.1f} GB/s | " + " | ".join(cells))
             sys.stdout.flush()
             del variants
 

@@ -24,7 +24,7 @@ PARAM_SETS = {
 #: the full-size and --quick geometries; ``scale`` multiplies element counts on top
 _GEOMETRY = {
     False: {"d_model": 384, "layers": 12, "vocab": 10_000, "context": 512, "big_side": 8192, "tiny_count": 2000},
-    True: {"d_model": 64, "layers": 4, "vocab": 2000, "context": 128, "big_side": 1024, "tiny_count": 100},
+    True: {"d_model": 64, "layers": 2, "vocab": 2000, "context": 128, "big_side": 1024, "tiny_count": 50},
 }
 
 #: shapes cycled through by the tiny set (mean 100 elements: vectors, small matrices, odd sizes)

@@ -208,6 +208,21 @@ def plan(table, grain):
     return segments, starts
 
 
+@numba.njit(inline="always")
+def tensor_sums(partial, segments, count):
+    """Per tensor, the sum of its segments' rows of ``partial`` (a reduction's per-segment partial sums).
+
+    The second half of a norm: a pass fills ``partial[s]`` for each segment
+    ``s`` of :func:`plan`; this adds them up for each of the ``count`` tensors.
+    """
+    sums = np.zeros((count, partial.shape[1]), np.float64)
+    for s in range(segments.shape[0]):
+        t = segments[s, 0]
+        for k in range(partial.shape[1]):
+            sums[t, k] += partial[s, k]
+    return sums
+
+
 @intrinsic
 def _f32_from_bits(typingctx, bits):
     sig = types.float32(types.uint32)

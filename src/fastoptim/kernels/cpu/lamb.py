@@ -41,6 +41,7 @@ from ._launch import (
     scalar,
     set_scalar,
     store,
+    tensor_sums,
 )
 
 SCALARS = ("weight_norm", "adam_norm", "trust_ratio")
@@ -106,10 +107,7 @@ def _lamb_kernel(table, hyper, witness, grain):
             partial[s, 1] = updates
     # r ← φ(‖θ‖)/(‖u‖ + ε) per tensor, in the tensor's precision
     count = table.shape[0]
-    sums = np.zeros((count, 2), np.float64)
-    for s in range(segments.shape[0]):
-        sums[segments[s, 0], 0] += partial[s, 0]
-        sums[segments[s, 0], 1] += partial[s, 1]
+    sums = tensor_sums(partial, segments, count)
     ratios = np.empty(count, np.float64)
     for t in range(count):
         weight_norm = scalar(np.sqrt(sums[t, 0]), witness)
