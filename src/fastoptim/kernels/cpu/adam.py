@@ -12,7 +12,8 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, lerp, load, plan, rounded, scalar, store
+from ._adam_moments import adam_moments
+from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_avg_sq")
@@ -58,25 +59,10 @@ def _adam_kernel(table, hyper, witness, grain):
             exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
             max_exp_avg_sq = column(table, t, MAX_EXP_AVG_SQ if amsgrad else EXP_AVG_SQ, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # weight decay: θ ← θ(1 − γλ) (AdamW, when λ ≠ 0) or g ← g + λθ (Adam)
-                theta = load(param, i)
-                if decoupled:
-                    theta = rounded(theta * keep, witness)
-                elif l2:
-                    g = rounded(g + lam * theta, witness)
-                # m ← lerp(m, g, 1 − β₁)
-                m = load(exp_avg, i)
-                m = lerp(m, g, w1, one)
-                store(exp_avg, i, m)
-                m = rounded(m, witness)
-                # v ← β₂v + (1 − β₂)g²
-                v = rounded(load(exp_avg_sq, i) * b2, witness)
-                v = rounded(v + w2 * g * g, witness)
-                store(exp_avg_sq, i, v)
+                # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
+                g, theta, m, v = adam_moments(
+                    grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
+                )
                 # v̂ ← max(v̂, v) (amsgrad; NaN wins, as torch.maximum)
                 if amsgrad:
                     vmax = load(max_exp_avg_sq, i)

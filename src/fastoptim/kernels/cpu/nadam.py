@@ -12,6 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
+from ._adam_moments import adam_moments
 from ._launch import (
     GRAD,
     PARAM,
@@ -25,8 +26,6 @@ from ._launch import (
     in_scalar_dtype,
     kernel,
     launch,
-    lerp,
-    load,
     plan,
     rounded,
     scalar,
@@ -85,25 +84,10 @@ def _nadam_kernel(table, hyper, witness, grain):
             exp_avg = column(table, t, EXP_AVG, lo, n, witness)
             exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # weight decay: θ ← θ(1 − γλ) (decoupled, when λ ≠ 0) or g ← g + λθ
-                theta = load(param, i)
-                if decoupled:
-                    theta = rounded(theta * keep, witness)
-                elif l2:
-                    g = rounded(g + lam * theta, witness)
-                # m ← lerp(m, g, 1 − β₁)
-                m = load(exp_avg, i)
-                m = lerp(m, g, w1, one)
-                store(exp_avg, i, m)
-                m = rounded(m, witness)
-                # v ← β₂v + (1 − β₂)g²
-                v = rounded(load(exp_avg_sq, i) * b2, witness)
-                v = rounded(v + w2 * g * g, witness)
-                store(exp_avg_sq, i, v)
+                # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
+                g, theta, m, v = adam_moments(
+                    grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
+                )
                 # d ← √(v / (1 − β₂ᵗ)) + ε
                 denom = rounded(rounded(np.sqrt(rounded(v / bias_correction2, witness)), witness) + e, witness)
                 # θ ← θ − γ(1−μ_t)/(1−P_t) · g/d, then θ ← θ − γμ_{t+1}/(1−P_tμ_{t+1}) · m/d
