@@ -10,8 +10,9 @@ An algorithm module supplies three things:
 
 ``step`` is written once, here: evaluate the closure, validate every group
 (nothing changes if anything is wrong), create missing state, then hand each
-group to :func:`fastoptim.kernels.dispatch.update_group`, which runs a fast
-kernel when one covers the case and the reference rule otherwise.
+group to ``_update_group`` -- by default
+:func:`fastoptim.kernels.dispatch.update_group`, which runs a fast kernel when
+one covers the case and the reference rule otherwise.
 """
 
 from __future__ import annotations
@@ -83,8 +84,6 @@ class ElementwiseOptimizer(Optimizer):
                 self._check_param(p, group)
             work.append((group, params))
 
-        from ..kernels.dispatch import update_group
-
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
             for group, params in work:
                 for p in params:
@@ -95,5 +94,15 @@ class ElementwiseOptimizer(Optimizer):
                         if initial:
                             self.state[p] = initial
                 if params:
-                    update_group(self, group, params)
+                    self._update_group(group, params)
         return loss
+
+    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """Update one group's parameters (each with a gradient and its state): a kernel or the reference rule.
+
+        The dispatcher (:mod:`fastoptim.kernels.dispatch`) chooses; an
+        algorithm with its own fast path for whole groups (Muon) overrides this.
+        """
+        from ..kernels.dispatch import update_group
+
+        update_group(self, group, params)

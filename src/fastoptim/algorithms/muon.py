@@ -58,7 +58,7 @@ LLM Training* (2025), https://arxiv.org/abs/2502.16982 (the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -349,34 +349,15 @@ class Muon(ElementwiseOptimizer):
     def _init_state(self, param: Tensor, group: dict) -> dict:
         return {"momentum_buffer": torch.zeros_like(param.grad, memory_format=torch.preserve_format)}
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Perform one optimisation step (``closure`` re-evaluates the loss)."""
+    def _update_group(self, group: dict[str, Any], params: list[Tensor]) -> None:
+        """All of a group's matrices at once: Newton–Schulz batched over same-shaped matrices."""
         from ..kernels.dispatch import requested_backend
 
-        if not self.batch_newton_schulz or requested_backend() != "auto":
-            # per matrix through the dispatcher: the reference rule ("reference"),
-            # or the error of a strict "numba" request (Muon has no numba kernel)
-            return super().step(closure)
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        work = []
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                self._check_param(p, group)
-            work.append((group, params))
-        with torch.no_grad():
-            for group, params in work:
-                for p in params:
-                    if not self.state.get(p):
-                        self.state[p] = self._init_state(p, group)
-                if len(set(params)) != len(params):
-                    # a repeated matrix is updated twice in a row: keep torch's order
-                    for p in params:
-                        muon_reference(p, p.grad, self.state[p], **self._rule_options(group))
-                elif params:
-                    buffers = [self.state[p]["momentum_buffer"] for p in params]
-                    muon_batched_(params, [p.grad for p in params], buffers, **self._rule_options(group))
-        return loss
+        if not self.batch_newton_schulz or requested_backend() != "auto" or len(set(params)) != len(params):
+            # per matrix through the dispatcher: the reference rule ("reference"), the error of a
+            # strict "numba" request (Muon has no numba kernel), or a matrix listed twice, which
+            # torch updates twice in a row
+            super()._update_group(group, params)
+            return
+        buffers = [self.state[p]["momentum_buffer"] for p in params]
+        muon_batched_(params, [p.grad for p in params], buffers, **self._rule_options(group))
