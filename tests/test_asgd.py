@@ -8,6 +8,7 @@ with torch's capturable branch run on the CPU (the fixture lifts its device chec
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from algorithm_checks import (
     run_exact,
 )
 from parity import EXACT, Trial, assert_same_optimizer
+from reliability import assert_identical, assert_unchanged, snapshot
 
 # These tests hold the reference rule to torch's for-loop path bit for bit.
 pytestmark = pytest.mark.reference_backend
@@ -168,3 +170,72 @@ def test_constructor_matches_torch():
         for cls in (fastoptim.ASGD, torch.optim.ASGD):
             with pytest.raises(ValueError, match=f"^{message}$"):
                 cls(param, **bad)
+
+
+# ----------------------------------------------------------------------------- η updates Python cannot compute
+#: (options, the step at which torch's for-loop raises, the exception): torch computes the next η in Python
+#: floats *after* updating each parameter, so 1 / (1 + λγt)^α raises where IEEE arithmetic gives inf
+RAISING = [
+    ({"alpha": -math.inf}, 1, ZeroDivisionError),  # (1 + λγ)^-inf = 0
+    ({"lr": 1.0, "lambd": -0.5}, 2, ZeroDivisionError),  # 1 - 0.5·2 = 0, 0^0.75 = 0
+    ({"lr": 1.0, "lambd": -0.5, "alpha": -0.75}, 2, ZeroDivisionError),  # 0.0 to a negative power
+    ({"lr": 1.0, "lambd": 1e200, "alpha": 2.0}, 1, OverflowError),  # (1e200)^2
+]
+
+
+def _asgd_pair(kwargs):
+    gen = torch.Generator().manual_seed(0)
+    data = [torch.randn(s, generator=gen) for s in ((4, 3), (5,))]
+    grads = [torch.randn(s, generator=gen) for s in ((4, 3), (5,))]
+    pair = []
+    for cls in (fastoptim.ASGD, torch.optim.ASGD):
+        params = [d.clone().requires_grad_() for d in data]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        pair.append((cls(params, **kwargs), params))
+    return pair
+
+
+@pytest.mark.parametrize("backend", ["reference", "numba"])
+@pytest.mark.parametrize("foreach", [None, False])
+@pytest.mark.parametrize("kwargs, at, error", RAISING, ids=repr)
+def test_eta_errors_raised_like_torch_before_anything_changes(kwargs, at, error, foreach, backend):
+    """Same exception (type and message) at the same step as torch; fastoptim's optimizer is left untouched."""
+    (ours, our_params), (theirs, their_params) = _asgd_pair({**kwargs, "foreach": foreach})
+    with fastoptim.kernels.dispatch.use_backend(backend), torch.no_grad():
+        for _ in range(at - 1):
+            ours.step()
+            theirs.step()
+        if backend == "reference":  # the kernel is held to the reference in test_kernels.py
+            for a, b in zip(our_params, their_params):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+        with pytest.raises(error) as theirs_raised:
+            theirs.step()
+        before = snapshot(ours)
+        with pytest.raises(error) as ours_raised:
+            ours.step()
+    assert str(ours_raised.value) == str(theirs_raised.value)
+    assert_unchanged(ours, before, f"{kwargs} after the rejected step {at}")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"foreach": True}, {"foreach": False, "lr": torch.tensor(0.01)}, {"foreach": False, "capturable": True}],
+    ids=repr,
+)
+def test_alpha_minus_inf_where_torch_computes_in_tensors(kwargs):
+    """foreach=True, a tensor lr or capturable=True: torch's η arithmetic is in tensors, η becomes inf and
+    nothing raises; fastoptim too, with the kernel and the reference rule agreeing bit for bit."""
+    kwargs = {**kwargs, "alpha": -math.inf}
+    results = []
+    for backend in ("reference", "auto"):
+        (ours, params), (theirs, their_params) = _asgd_pair(kwargs)
+        with fastoptim.kernels.dispatch.use_backend(backend), torch.no_grad():
+            ours.step()
+            if not kwargs.get("capturable"):  # torch refuses capturable on the CPU
+                theirs.step()
+                assert all(torch.isinf(theirs.state[p]["eta"]) for p in their_params)
+        assert all(torch.isinf(ours.state[p]["eta"]) for p in params)
+        results.append(snapshot(ours))
+    assert_identical(results[0]["params"], results[1]["params"], "params")
+    assert_identical(results[0]["state"], results[1]["state"], "state")

@@ -105,9 +105,6 @@ KNOWN_STEP_DIFFERENCES = {
     ("*", lambda kw: kw.get("foreach") is True and any(isinstance(b, torch.Tensor) for b in kw.get("betas", ()))):
         "tensor betas with foreach=True: torch's foreach kernels reject them (TypeError in _foreach_addcdiv_ for "
         "Adamax/NAdam/RAdam); fastoptim computes the step",
-    # A real difference, kept visible by test_asgd_alpha_minus_inf_fails_like_torch (xfail).
-    ("ASGD", lambda kw: isinstance(kw.get("alpha"), float) and kw["alpha"] == -inf):
-        "see test_asgd_alpha_minus_inf_fails_like_torch",
 }
 
 
@@ -222,9 +219,10 @@ def test_constructor_arguments_validated_like_torch(name):
     assert not problems, f"{len(problems)} difference(s) from torch.optim:\n" + "\n".join(problems)
 
 
-@pytest.mark.xfail(strict=True, reason="ASGD(alpha=-inf): torch raises ZeroDivisionError at the step (Python float "
-                   "division), fastoptim's step produces inf/NaN silently; reported to the ASGD owner")
 def test_asgd_alpha_minus_inf_fails_like_torch():
+    """torch's for-loop computes η in Python floats: 1 / (1 + λγt)^-inf is a ZeroDivisionError at step 1.
+
+    fastoptim raises it too (before anything changes; see test_asgd.py for the other configurations)."""
     problem = _compare("ASGD", {"alpha": -inf}, True, allow_known=False)
     assert problem is None, problem
 

@@ -24,8 +24,10 @@ itself keeps stepping θ).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
+from torch.optim.optimizer import _default_to_fused_or_foreach
 
 from ._elementwise import ElementwiseOptimizer
 from ._rules import (
@@ -42,6 +44,33 @@ from ._rules import (
 from ._validate import check_lr, check_non_negative
 
 __all__ = ["ASGD", "asgd_reference"]
+
+
+def _next_eta(lr, lambd, alpha, step):
+    """η after ``step``, in torch's for-loop arithmetic (Python numbers unless a tensor is involved).
+
+    Python float arithmetic raises where IEEE arithmetic gives ``inf`` or 0:
+    ``ZeroDivisionError`` when ``(1 + λγt)^α`` is 0 (α = −inf, an underflow, or
+    0 to a negative power) and ``OverflowError`` when the power overflows.
+    """
+    return lr / ((1 + lambd * lr * step) ** alpha)
+
+
+def _next_eta_ieee(lr, lambd, alpha, step):
+    """:func:`_next_eta`, with IEEE float64 results (``inf``, 0, NaN) where Python would raise.
+
+    The same operations in the same order as the kernel (float64, no
+    fast-math), so the reference and the kernel agree bit for bit.  Only
+    reached where torch itself does not raise (``foreach=True``: tensor
+    arithmetic): in torch's for-loop configuration :meth:`ASGD._check_param`
+    has raised before anything was updated.
+    """
+    try:
+        return _next_eta(lr, lambd, alpha, step)
+    except (ZeroDivisionError, OverflowError):
+        f = np.float64
+        with np.errstate(all="ignore"):
+            return float(f(lr) / ((f(1) + f(lambd) * f(lr) * f(step)) ** f(alpha)))
 
 
 def asgd_reference(
@@ -86,7 +115,7 @@ def asgd_reference(
         mu.copy_(1 / torch.maximum(step_t - t0, torch.ones_like(step_t)))
     else:
         step = scalar_value(step_t)
-        eta.copy_(torch.as_tensor(lr / ((1 + lambd * lr * step) ** alpha)))
+        eta.copy_(torch.as_tensor(_next_eta_ieee(lr, lambd, alpha, step)))
         mu.copy_(torch.as_tensor(1 / max(1, step - t0)))
 
 
@@ -147,6 +176,53 @@ class ASGD(ElementwiseOptimizer):
         super().__setstate__(state)
         fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, capturable=False)
         tensorize_scalar_state(self, ("step", "eta", "mu"), lambda group: True)
+
+    def _check_param(self, param: Tensor, group: dict) -> None:
+        """Also raise, before anything is updated, what torch's η update raises for this parameter.
+
+        torch's for-loop (``foreach`` False, or None on the CPU) without
+        ``capturable`` computes the next η in Python floats after updating the
+        parameter, so a schedule whose ``(1 + λγt)^α`` is 0 (e.g. ``alpha=-inf``)
+        raises ``ZeroDivisionError``, and one whose power overflows
+        ``OverflowError``, at the step ``t`` where that happens.  The same
+        expression is evaluated here for the step this update will reach; the
+        parameter and its state are left as they were.  With a tensor
+        hyper-parameter, ``foreach=True`` or ``capturable=True`` torch computes
+        in tensors and never raises (η becomes ``inf``/NaN), and so does fastoptim.
+        """
+        super()._check_param(param, group)
+        if group["capturable"] or torch.compiler.is_compiling():
+            return
+        lr, lambd, alpha = as_scalar(group["lr"]), group["lambd"], group["alpha"]
+        if isinstance(lr, Tensor) or isinstance(lambd, Tensor) or isinstance(alpha, Tensor):
+            return
+        if alpha == 0 or lambd * lr == 0:
+            return  # the power is 1 (or NaN): nothing can raise
+        if self._torch_uses_foreach(param, group):
+            return
+        entry = self.state.get(param)
+        step = self._next_step(entry["step"]) if entry else 1.0
+        _next_eta(lr, lambd, alpha, step)
+
+    @staticmethod
+    def _torch_uses_foreach(param: Tensor, group: dict) -> bool:
+        """Whether torch.optim.ASGD would take its foreach path for ``param``'s group."""
+        foreach = group["foreach"]
+        if foreach is None:
+            if group["differentiable"] or param.device.type == "cpu":
+                return False  # any CPU parameter keeps the whole group on the for-loop
+            params = [p for p in group["params"] if p.grad is not None]
+            foreach = _default_to_fused_or_foreach(params, group["differentiable"], use_fused=False)[1]
+        return bool(foreach)
+
+    @staticmethod
+    def _next_step(step: Tensor) -> float:
+        """``step + 1`` in the step tensor's dtype, as a Python float (what torch's ``_get_value`` reads)."""
+        if step.dtype == torch.float64:
+            return step.item() + 1.0
+        if step.dtype == torch.float32:
+            return float(np.float32(step.item() + 1.0))  # exact then rounded once: float32's own sum
+        return (step + 1).item()
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
         return {
