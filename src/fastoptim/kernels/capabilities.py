@@ -19,7 +19,8 @@ Per parameter (see :func:`fastoptim.kernels.cpu._launch.why_not`):
 
 * a CPU, strided, float32 / float64 / bfloat16 tensor (not a subclass such as
   DTensor); complex parameters fall back;
-* a dense gradient of the same dtype; every state buffer of the same dtype;
+* a dense gradient of the same dtype (SparseAdam: a sparse COO gradient, sparse
+  in dim 0, and a contiguous parameter); every state buffer of the same dtype;
   parameter, gradient and buffers all contiguous, or all dense with the same
   strides (a transposed weight qualifies);
 * 0-dim state (``step``, ``mu_product``, ``eta``, ``mu``) a float32/float64 CPU tensor;
@@ -149,6 +150,17 @@ TABLE: tuple[Capability, ...] = (
         excludes=(),
         covers="trust ratios (the reference's norms, computed by torch while gathering), momentum, nesterov, "
         "dampening, weight decay, maximize",
+    ),
+    Capability(
+        "SparseAdam",
+        "fastoptim.algorithms.sparse_adam.sparse_adam_reference",
+        "fastoptim.kernels.cpu.sparse_adam",
+        excludes=(),
+        tensor_options=(),
+        covers="sparse COO gradients sparse in dim 0 (nn.Embedding(sparse=True)), coalesced as the reference does; "
+        "only the gradient's rows are read and written; maximize; no fast-math (moments bit-identical to the reference, "
+        "parameters within an ulp: torch's sqrt is MKL's). "
+        "A tensor lr, gradients with sparse_dim > 1 and non-contiguous parameters fall back",
     ),
     Capability(
         "AdamWScheduleFree",

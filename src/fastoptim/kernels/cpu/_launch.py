@@ -56,9 +56,17 @@ if not (os.environ.get("NUMBA_THREADING_LAYER") or os.environ.get("NUMBA_THREADI
 FASTMATH = _cache.FASTMATH
 
 
-def kernel(fn: Callable) -> Any:
-    """Compile ``fn`` as a parallel, cached CPU kernel (the one decorator all kernels use)."""
-    dispatcher = numba.njit(parallel=True, fastmath=set(FASTMATH), nogil=True, error_model="numpy")(fn)
+def kernel(fn: Callable | None = None, *, fastmath: Sequence[str] | None = None) -> Any:
+    """Compile ``fn`` as a parallel, cached CPU kernel (the one decorator all kernels use).
+
+    ``@kernel(fastmath=())`` replaces :data:`FASTMATH` for one kernel (no flags:
+    strict IEEE arithmetic, for a kernel that must match its reference rule bit
+    for bit).
+    """
+    if fn is None:
+        return lambda fn: kernel(fn, fastmath=fastmath)
+    flags = set(FASTMATH if fastmath is None else fastmath)
+    dispatcher = numba.njit(parallel=True, fastmath=flags or False, nogil=True, error_model="numpy")(fn)
     _cache.enable_cache(dispatcher)
     return dispatcher
 
@@ -574,10 +582,13 @@ def _threads(numel: int, wanted: int) -> int:
     return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, numel // ELEMENTS_PER_THREAD))
 
 
-def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
-    """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, then bump version counters."""
+def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
+    """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, then bump version counters.
+
+    Returns what the kernel returns (None for most).
+    """
     if not batch.rows:
-        return
+        return None
     table = batch.table()
     scalars = np.array(hyper, dtype=np.float64)
     key = (id(kernel_fn), batch.dtype)
@@ -591,10 +602,10 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
         previous_chunksize = numba.set_parallel_chunksize(1)
         try:
             if key in _warm:
-                kernel_fn(table, scalars, batch.witness, GRAIN)
+                result = kernel_fn(table, scalars, batch.witness, GRAIN)
             else:
                 with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
-                    kernel_fn(table, scalars, batch.witness, GRAIN)
+                    result = kernel_fn(table, scalars, batch.witness, GRAIN)
                 _warm.add(key)
         finally:
             numba.set_parallel_chunksize(previous_chunksize)
@@ -603,3 +614,4 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> None:
         # process-wide OpenMP thread count, which torch reports as its own.
         torch.set_num_threads(wanted)
     torch._C._increment_version(batch.written)
+    return result
