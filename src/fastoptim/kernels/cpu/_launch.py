@@ -315,31 +315,10 @@ def _scalar(value, witness):
     return lambda value, witness: np.float32(value)
 
 
-@intrinsic
-def _fence(typingctx, value):
-    """``llvm.arithmetic.fence``: ``value`` as computed, never fused (FMA) or reassociated with its users."""
-    if not isinstance(value, types.Float):
-        return None
-    sig = value(value)
-
-    def codegen(context, builder, signature, args):
-        ty = args[0].type
-        fn = cgutils.get_or_insert_function(
-            builder.module, llvm_ir.FunctionType(ty, [ty]), f"llvm.arithmetic.fence.f{value.bitwidth}"
-        )
-        return builder.call(fn, args)
-
-    return sig, codegen
-
-
 @overload(rounded, inline="always")
 def _rounded(value, witness):
     if witness.dtype == types.uint16:
         return lambda value, witness: _bf16_value(_bf16_bits(np.float32(value)))
-    if isinstance(value, types.Float):
-        # A materialised intermediate is rounded: 'contract' must not fuse it into its user (which product
-        # of ``a*b + c*d`` LLVM fuses is otherwise arbitrary, and can change when a module is re-optimised).
-        return lambda value, witness: _fence(value)
     return lambda value, witness: value
 
 
