@@ -11,7 +11,7 @@ directory and are released at the same instant.  Each steps SGD, AdamW and
 RMSprop with the kernels (strict backend: no fallback) and with the reference
 rules.  Every process must match the reference, all four must produce the
 same bits, and each kernel signature must have been compiled exactly once in
-total (the others loaded it from disk).  Round 2: four more processes on the
+total (by a child process; every worker loaded it from disk).  Round 2: four more processes on the
 now-filled cache compile nothing, load everything, and produce the same bits.
 """
 
@@ -93,11 +93,15 @@ def test_concurrent_start_on_an_empty_cache(rounds):
     for kernel in kernels:
         misses = sum(report["stats"].get(kernel, {}).get("misses", 0) for report in first)
         hits = sum(report["stats"].get(kernel, {}).get("hits", 0) for report in first)
-        # One process compiled each signature while holding the lock; the others loaded it.
-        assert misses == 1 and hits == PROCESSES - 1, f"round 1, {kernel}: {misses} compilations, {hits} loads"
+        # A signature missing from the cache is compiled in a child process (by whichever worker
+        # holds the lock) and written to disk; every worker, that one included, then loads it.
+        assert misses == 0 and hits == PROCESSES, f"round 1, {kernel}: {misses} compilations here, {hits} loads"
     (version_dir,) = {report["cache_dir"] for report in first}
     assert Path(version_dir).parent == cache_dir
     assert all(name.startswith(".lock") or name.endswith((".nbi", ".nbc")) for name in files), f"stray files: {files}"
+    # ... and compiled exactly once: one data file per signature (a second compilation writes another)
+    signatures = sum(stats["hits"] for stats in first[0]["stats"].values())
+    assert sum(name.endswith(".nbc") for name in files) == signatures, f"{signatures} signatures, files {files}"
 
 
 def test_second_round_reuses_the_cache(rounds):
@@ -112,11 +116,12 @@ def test_second_round_reuses_the_cache(rounds):
     assert all(d == loaded[0] for d in loaded), f"processes that loaded the same kernels disagree: {loaded}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kernel bits depend on how the kernel got into the process: the one process that compiles "
-    "SGD/AdamW computes ~10% of elements 1 ulp away from the processes that load the cached "
-    "kernel (those match the reference bit for bit); reported to the kernels owner"))
 def test_compiling_and_loading_processes_compute_the_same_bits(rounds):
+    """Every process runs the cached machine code, also the one whose start filled the cache.
+
+    (A process that compiled a kernel itself ran another copy of its parallel loop, which LLVM
+    could fuse differently under 'contract': ~10 % of SGD's elements one ulp apart.)
+    """
     _, first, _, _ = rounds
     digests = _check_results(first, "round 1")
     assert all(d == digests[0] for d in digests), f"round 1 processes disagree: {digests}"
