@@ -84,11 +84,12 @@ class ElementwiseOptimizer(Optimizer):
                 self._check_param(p, group)
             work.append((group, params))
 
+        # An algorithm without initial state (SGD: its momentum buffer is made by the rule) skips the loop.
+        keeps_state = type(self)._init_state is not ElementwiseOptimizer._init_state
         with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
             for group, params in work:
-                for p in params:
-                    # Parameters whose algorithm keeps no state (SGD without
-                    # momentum) get no entry at all, as in torch.
+                for p in params if keeps_state else ():
+                    # Parameters whose first state is empty get no entry at all, as in torch.
                     if not self.state.get(p):
                         initial = self._init_state(p, group)
                         if initial:
