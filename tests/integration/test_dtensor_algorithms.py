@@ -3,8 +3,10 @@
 The same parameter and gradients twice: as a full tensor in one process, and
 as a DTensor split over two ranks (rows -- 7 rows give uneven 4 + 3 shards --
 and, for SGD and Adam, columns and replicated).  An element-wise update must
-give the same values either way.  Where DTensor cannot run an update at all,
-fastoptim must fail exactly as torch.optim does on the same DTensors.
+give the same values either way.  Where DTensor cannot run an update at all
+(Rprop's boolean-mask assignment on a shard), fastoptim must either fail exactly
+as torch.optim does on the same DTensors or -- its kernels run on the local
+shards -- give the full-tensor values.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ def results(tmp_path_factory):
 @pytest.mark.parametrize("algorithm", SHARDABLE)
 def test_distribute_tensor_parameters_match_full_tensors(results, algorithm):
     """Each step on DTensor parameters equals the step on the full tensors -- or, where DTensor
-    cannot run the update (Rprop's boolean-mask assignment), fails exactly as torch.optim's does."""
+    cannot run the update (Rprop's boolean-mask assignment) and fastoptim takes its reference rule,
+    fails exactly as torch.optim's does."""
     for r in results:
         outcomes = {placement: o for (name, placement), o in r.items() if name == algorithm}
         assert outcomes

@@ -175,10 +175,6 @@ def test_numba_kernels_run_on_local_shards(results, algorithm):
         assert r["local_kernel"][algorithm] <= 1e-6
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kernels/dispatch.py sends DTensor parameters to the reference rule ('tensor subclass DTensor'); "
-    "mapping them to .to_local() shards (as test_numba_kernels_run_on_local_shards does) would use the kernels",
-)
 def test_dispatch_uses_the_kernels_for_dtensor_parameters(results):
+    """FSDP2's DTensor parameters run the kernels on their local shards (fastoptim.kernels.shards)."""
     assert all(group["backend"] == "numba" for group in results[0]["fsdp2_backend"]), results[0]["fsdp2_backend"]

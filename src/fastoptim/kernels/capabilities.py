@@ -17,8 +17,11 @@ Per group (checked on the options the optimizer hands its reference rule):
 
 Per parameter (see :func:`fastoptim.kernels.cpu._launch.why_not`):
 
-* a CPU, strided, float32 / float64 / bfloat16 tensor (not a subclass such as
-  DTensor); complex parameters fall back;
+* a CPU, strided, float32 / float64 / bfloat16 tensor, not a subclass -- except a
+  DTensor (FSDP2, ``distribute_tensor``) whose gradient and state buffers are
+  DTensors placed exactly like it, with no ``Partial`` placement: its local shard
+  is updated, for the algorithms whose kernel is ``per_element`` (not LAMB,
+  LARS, SparseAdam: their norms span the whole tensor); complex parameters fall back;
 * a dense gradient of the same dtype (SparseAdam: a sparse COO gradient, sparse
   in dim 0, and a contiguous parameter); every state buffer of the same dtype;
   parameter, gradient and buffers all contiguous, or all dense with the same
@@ -49,6 +52,9 @@ class Capability:
     tensor_options: tuple[str, ...] = ("lr",)
     #: what the kernel covers, in words (docs/kernels.md repeats it)
     covers: str = ""
+    #: each element's update needs only that element and per-tensor scalars, so a DTensor
+    #: shard can be updated on its own (False where the kernel takes norms of whole tensors)
+    per_element: bool = True
 
 
 _CAPTURABLE_TOO = (("differentiable", True), ("capturable", True))
@@ -140,6 +146,7 @@ TABLE: tuple[Capability, ...] = (
         "fastoptim.algorithms.lamb.lamb_reference",
         "fastoptim.kernels.cpu.lamb",
         excludes=(),
+        per_element=False,
         covers="two passes in one launch (moments and norms, then the step); every variant flag; float32/float64 "
         "(bfloat16 falls back: its 0-dim norm state is bfloat16)",
     ),
@@ -148,6 +155,7 @@ TABLE: tuple[Capability, ...] = (
         "fastoptim.algorithms.lars.lars_reference",
         "fastoptim.kernels.cpu.lars",
         excludes=(),
+        per_element=False,
         covers="trust ratios (the reference's norms, computed by torch while gathering), momentum, nesterov, "
         "dampening, weight decay, maximize",
     ),
@@ -156,6 +164,7 @@ TABLE: tuple[Capability, ...] = (
         "fastoptim.algorithms.sparse_adam.sparse_adam_reference",
         "fastoptim.kernels.cpu.sparse_adam",
         excludes=(),
+        per_element=False,
         tensor_options=(),
         covers="sparse COO gradients sparse in dim 0 (nn.Embedding(sparse=True)), coalesced as the reference does; "
         "only the gradient's rows are read and written; maximize; no fast-math (moments bit-identical to the reference, "

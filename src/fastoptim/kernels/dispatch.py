@@ -35,6 +35,7 @@ import torch
 from torch import Tensor
 
 from .capabilities import Capability, capability_of, group_reason
+from .shards import local_view
 
 __all__ = ["BACKENDS", "backend_for", "explain", "requested_backend", "run_reference", "update_group", "use_backend"]
 
@@ -120,6 +121,17 @@ def _group_plan(optimizer: Any, options: dict) -> tuple[Any | None, str | None]:
     return module, None
 
 
+def _kernel_step(module: Any, params: list[Tensor], state: Any, options: dict, strict: bool) -> list[Tensor]:
+    """Run the kernel over the parameters it covers; returns those it left to the reference rule."""
+    if strict:
+        dry = module.gather_(params, state, options, dry_run=True)
+        if dry.rest:
+            raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {len(dry.rest)} parameter(s) fall back: {dry.reasons[0]}")
+    gathered = module.gather_(params, state, options)
+    module.run_(gathered, options)
+    return gathered.rest
+
+
 def update_group(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
     """Update ``params`` (all with gradients, all with initialised state) of one group."""
     requested = requested_backend()
@@ -133,14 +145,21 @@ def update_group(optimizer: Any, group: dict[str, Any], params: list[Tensor]) ->
             raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {type(optimizer).__name__} falls back: {reason}")
         run_reference(optimizer, group, params, options)
         return
-    if requested == KERNEL:
-        dry = module.gather_(params, optimizer.state, options, dry_run=True)
-        if dry.rest:
-            raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {len(dry.rest)} parameter(s) fall back: {dry.reasons[0]}")
-    gathered = module.gather_(params, optimizer.state, options)
-    module.run_(gathered, options)
-    if gathered.rest:
-        run_reference(optimizer, group, gathered.rest, options)
+    strict = requested == KERNEL
+    # DTensor parameters (FSDP2) run on their local shards where the update is per element.
+    view, params, rejected = local_view(params, optimizer.state, capability_of(type(optimizer).rule).per_element)
+    if strict and rejected:
+        raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {len(rejected)} parameter(s) fall back: {rejected[0][1]}")
+    rest = [p for p, _ in rejected]
+    if view is not None:
+        left = _kernel_step(module, view.params, view.state, options, strict)
+        left_ids = set(map(id, left))
+        view.write_back(optimizer.state, [a for a in view.params if id(a) not in left_ids])
+        rest += view.original(left)
+    if params:
+        rest += _kernel_step(module, params, optimizer.state, options, strict)
+    if rest:
+        run_reference(optimizer, group, rest, options)
 
 
 def explain(optimizer: Any) -> list[dict[str, Any]]:
@@ -166,11 +185,17 @@ def explain(optimizer: Any) -> list[dict[str, Any]]:
         if module is None:
             out.append({"backend": REFERENCE, "kernel": 0, "reference": len(params), "reasons": [reason]})
             continue
-        dry = module.gather_(params, optimizer.state, options, dry_run=True)
-        n_ref = len(dry.rest)
+        view, plain, rejected = local_view(params, optimizer.state, capability_of(type(optimizer).rule).per_element)
+        reasons = [reason for _, reason in rejected]
+        n_ref = len(rejected)
+        for subset, state in ((view.params, view.state) if view is not None else ([], None), (plain, optimizer.state)):
+            if subset:
+                dry = module.gather_(subset, state, options, dry_run=True)
+                n_ref += len(dry.rest)
+                reasons += dry.reasons
         n_kernel = len(params) - n_ref
         backend = KERNEL if n_ref == 0 else REFERENCE if n_kernel == 0 else "mixed"
-        out.append({"backend": backend, "kernel": n_kernel, "reference": n_ref, "reasons": sorted(set(dry.reasons))})
+        out.append({"backend": backend, "kernel": n_kernel, "reference": n_ref, "reasons": sorted(set(reasons))})
     return out
 
 
