@@ -450,6 +450,18 @@ class Gathered:
         self.reasons: list[str] = []
 
 
+def all_to_reference_if_repeated(params: Sequence[Tensor]) -> Gathered:
+    """An empty :class:`Gathered` -- or, when a parameter appears twice, one that leaves them all to the reference rule.
+
+    (The reference updates a repeated parameter twice, one after the other.)
+    """
+    out = Gathered()
+    if len(set(map(id, params))) != len(params):
+        out.rest = list(params)
+        out.reasons.append("a parameter appears twice in the group")
+    return out
+
+
 def gather(
     params: Sequence[Tensor],
     state: Any,
@@ -470,11 +482,8 @@ def gather(
     is judged on itself and its gradient (its state will be created like it),
     one without a gradient on itself.
     """
-    out = Gathered()
-    if len(set(map(id, params))) != len(params):
-        # The reference updates a repeated parameter twice, one after the other.
-        out.rest = list(params)
-        out.reasons.append("a parameter appears twice in the group")
+    out = all_to_reference_if_repeated(params)
+    if out.rest:
         return out
     batches = out.batches
     names = (*scalars, *buffers)

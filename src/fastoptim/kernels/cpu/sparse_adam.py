@@ -46,6 +46,7 @@ from ._launch import (
     STORAGE,
     Batch,
     Gathered,
+    all_to_reference_if_repeated,
     add_scalar,
     column,
     columns,
@@ -220,11 +221,8 @@ def gather_(params, state, options: dict, dry_run: bool = False) -> Gathered:
     yet is judged on itself and its gradient; one without a sparse gradient
     (none yet, or a dense one, which the step rejects) on itself.
     """
-    out = Gathered()
-    if len(set(map(id, params))) != len(params):
-        # The reference updates a repeated parameter twice, one after the other.
-        out.rest = list(params)
-        out.reasons.append("a parameter appears twice in the group")
+    out = all_to_reference_if_repeated(params)
+    if out.rest:
         return out
     batches = out.batches
     for p in params:
