@@ -188,7 +188,8 @@ def explain(optimizer: Any) -> list[dict[str, Any]]:
         view, plain, rejected = local_view(params, optimizer.state, capability_of(type(optimizer).rule).per_element)
         reasons = [reason for _, reason in rejected]
         n_ref = len(rejected)
-        for subset, state in ((view.params, view.state) if view is not None else ([], None), (plain, optimizer.state)):
+        subsets = [(plain, optimizer.state)] + ([(view.params, view.state)] if view is not None else [])
+        for subset, state in subsets:
             if subset:
                 dry = module.gather_(subset, state, options, dry_run=True)
                 n_ref += len(dry.rest)

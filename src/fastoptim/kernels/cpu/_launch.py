@@ -449,6 +449,11 @@ class Gathered:
         self.rest: list[Tensor] = []
         self.reasons: list[str] = []
 
+    def leave(self, param: Tensor, reason: str) -> None:
+        """Leave ``param`` to the reference rule, saying why."""
+        self.rest.append(param)
+        self.reasons.append(reason)
+
 
 def all_to_reference_if_repeated(params: Sequence[Tensor]) -> Gathered:
     """An empty :class:`Gathered` -- or, when a parameter appears twice, one that leaves them all to the reference rule.
@@ -504,8 +509,7 @@ def gather(
                 held = fetch(entry)
             except (KeyError, TypeError):
                 if not dry_run or entry:
-                    out.rest.append(p)
-                    out.reasons.append("state entry missing")
+                    out.leave(p, "state entry missing")
                     continue
                 held = [None] * len(names)
             else:
@@ -548,8 +552,7 @@ def gather(
         if not ok:
             reason = why_not(p, grad, bufs, scals)
             if reason is not None:
-                out.rest.append(p)
-                out.reasons.append(reason)
+                out.leave(p, reason)
                 continue
         if dry_run:
             continue
@@ -561,8 +564,7 @@ def gather(
             for b in bufs:
                 row.append(b.data_ptr())
         except RuntimeError:  # a tensor without storage (functorch wrapper, meta, ...)
-            out.rest.append(p)
-            out.reasons.append("a tensor without accessible storage")
+            out.leave(p, "a tensor without accessible storage")
             continue
         if batch is None or batch.dtype is not dtype:
             batch = batches.get(dtype)

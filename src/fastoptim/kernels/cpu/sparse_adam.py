@@ -241,8 +241,7 @@ def gather_(params, state, options: dict, dry_run: bool = False) -> Gathered:
             indices, values = grad._indices(), grad._values()
             reason = _coalesced_reason(indices, values)
         if reason is not None:
-            out.rest.append(p)
-            out.reasons.append(reason)
+            out.leave(p, reason)
             continue
         if dry_run:
             continue
@@ -254,8 +253,7 @@ def gather_(params, state, options: dict, dry_run: bool = False) -> Gathered:
                 indices.data_ptr(), grad._nnz(), math.prod(p.shape[1:]), p.shape[0], entry["step"] + 1,
             ]
         except RuntimeError:  # a tensor without storage (functorch wrapper, meta, ...)
-            out.rest.append(p)
-            out.reasons.append("a tensor without accessible storage")
+            out.leave(p, "a tensor without accessible storage")
             continue
         batch = batches.get(p.dtype)
         if batch is None:
