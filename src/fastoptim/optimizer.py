@@ -58,8 +58,9 @@ _global_post_hooks = _torch_optimizer._global_optimizer_post_hooks
 
 # Instance attributes that belong to a wrapper around the optimizer, never to
 # the optimizer itself: an LR scheduler's patched ``step``, AMP's per-step
-# attributes.  They are dropped when pickling or deep-copying.
-_TRANSIENT_ATTRIBUTES = ("step", "_opt_called", "grad_scale", "found_inf")
+# attributes; and the kernels' tables of addresses (valid in this process
+# only).  They are dropped when pickling or deep-copying.
+_TRANSIENT_ATTRIBUTES = ("step", "_opt_called", "grad_scale", "found_inf", "_kernel_tables")
 
 _HOOK_DICTS = (
     "_optimizer_step_pre_hooks",

@@ -29,13 +29,16 @@ import contextvars
 import importlib
 import os
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from .capabilities import Capability, capability_of, group_reason
 from .shards import local_view
+
+if TYPE_CHECKING:  # the kernels (and numba) are imported on first use
+    from .cpu._launch import Reuse
 
 __all__ = ["BACKENDS", "backend_for", "explain", "requested_backend", "run_reference", "update_group", "use_backend"]
 
@@ -121,15 +124,39 @@ def _group_plan(optimizer: Any, options: dict) -> tuple[Any | None, str | None]:
     return module, None
 
 
-def _kernel_step(module: Any, params: list[Tensor], state: Any, options: dict, strict: bool) -> list[Tensor]:
+def _kernel_step(
+    module: Any, params: list[Tensor], state: Any, options: dict, strict: bool, reuse: Reuse | None = None
+) -> list[Tensor]:
     """Run the kernel over the parameters it covers; returns those it left to the reference rule."""
     if strict:
         dry = module.gather_(params, state, options, dry_run=True)
         if dry.rest:
             raise RuntimeError(f"FASTOPTIM_BACKEND=numba, but {len(dry.rest)} parameter(s) fall back: {dry.reasons[0]}")
-    gathered = module.gather_(params, state, options)
+    gathered = module.gather_(params, state, options, reuse=reuse)
     module.run_(gathered, options)
     return gathered.rest
+
+
+def _reuse_of(optimizer: Any, group: dict[str, Any]) -> Reuse:
+    """The group's :class:`Reuse` (its last kernel table), kept on the optimizer.
+
+    Keyed by the group's identity; ``_kernel_tables`` is dropped when the
+    optimizer is pickled or copied, and replaced groups (``load_state_dict``)
+    get fresh entries.
+    """
+    from .cpu._launch import Reuse
+
+    tables = optimizer.__dict__.get("_kernel_tables")
+    if tables is None:
+        tables = optimizer.__dict__["_kernel_tables"] = {}
+    found = tables.get(id(group))
+    if found is None or found[0] is not group:
+        if len(tables) > 2 * len(optimizer.param_groups):  # groups replaced: forget the old ones
+            live = {id(g) for g in optimizer.param_groups}
+            for key in [k for k in tables if k not in live]:
+                del tables[key]
+        found = tables[id(group)] = (group, Reuse())
+    return found[1]
 
 
 def update_group(optimizer: Any, group: dict[str, Any], params: list[Tensor]) -> None:
@@ -157,7 +184,7 @@ def update_group(optimizer: Any, group: dict[str, Any], params: list[Tensor]) ->
         view.write_back(optimizer.state, [a for a in view.params if id(a) not in left_ids])
         rest += view.original(left)
     if params:
-        rest += _kernel_step(module, params, optimizer.state, options, strict)
+        rest += _kernel_step(module, params, optimizer.state, options, strict, _reuse_of(optimizer, group))
     if rest:
         run_reference(optimizer, group, rest, options)
 

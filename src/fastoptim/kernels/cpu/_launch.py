@@ -28,6 +28,7 @@ from __future__ import annotations
 import operator
 import os
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -423,16 +424,20 @@ def why_not(p: Tensor, grad: Tensor | None, buffers: Sequence[Any], scalars: Seq
 class Batch:
     """The parameters of one dtype, ready for one launch."""
 
-    __slots__ = ("dtype", "rows", "written", "numel")
+    __slots__ = ("dtype", "rows", "written", "numel", "_table")
 
     def __init__(self, dtype: torch.dtype) -> None:
         self.dtype = dtype
         self.rows: list[list[int]] = []
         self.written: list[Tensor] = []
         self.numel = 0
+        self._table: np.ndarray | None = None
 
     def table(self) -> np.ndarray:
-        return np.array(self.rows, dtype=np.int64)
+        """The rows as one ``int64`` array (built once; a reused batch updates it in place)."""
+        if self._table is None:
+            self._table = np.array(self.rows, dtype=np.int64)
+        return self._table
 
     @property
     def witness(self) -> np.ndarray:
@@ -467,6 +472,119 @@ def all_to_reference_if_repeated(params: Sequence[Tensor]) -> Gathered:
     return out
 
 
+class Reuse:
+    """One group's last table and what it was built from, reused while none of it has changed.
+
+    Building a table checks every tensor of every parameter (about 3 µs per
+    Adam parameter, in Python).  Recalling one checks per parameter only what
+    can change between steps behind the table's back:
+
+    * the parameter: its address, its shape, and its version counter (every
+      in-place change of its metadata -- ``resize_``, ``t_``, ``set_`` --
+      bumps it; the expected value counts the launch's own bump);
+    * the state tensors: their identity (``load_state_dict`` replaces them)
+      and address;
+    * the gradient: identity, address and version.  A new gradient (after
+      ``zero_grad()``, the usual case) or a rewritten one is checked against
+      its parameter as in :func:`gather`, and its address written into the
+      table.  Gradients are held by weak reference, so a cleared gradient is
+      freed when ``zero_grad()`` drops it.
+
+    Anything else -- another parameter list, a parameter falling back, several
+    dtypes in one group -- builds a new table.  The optimizer owns one per
+    group (see :func:`fastoptim.kernels.dispatch.update_group`).
+    """
+
+    __slots__ = ("names", "params", "marks", "grads", "held", "gathered")
+
+    def __init__(self) -> None:
+        self.names: tuple[str, ...] | None = None
+        self.params: list[Tensor] = []
+        self.marks: list[tuple[int, int, torch.Size]] = []  # (address, expected version, shape) per parameter
+        self.grads: list[tuple[Any, int, int]] = []  # (weakref, address, version) per gradient
+        self.held: list[tuple[tuple[Tensor, ...], tuple[int, ...]]] = []  # state tensors and addresses
+        self.gathered: Gathered | None = None
+
+    def remember(self, params: Sequence[Tensor], state: Any, names: tuple[str, ...], fetch: Callable, out: Gathered) -> None:
+        """Keep what :func:`gather` built (only a single batch with no parameter left out)."""
+        self.gathered = None
+        if out.rest or len(out.batches) != 1:
+            return
+        self.names, self.params, self.marks, self.grads, self.held = names, list(params), [], [], []
+        for p in params:
+            grad = p.grad
+            held = _held(fetch, state.get(p), len(names))
+            # the launch that follows bumps the parameter's version once
+            self.marks.append((p.data_ptr(), p._version + 1, p.shape))
+            self.grads.append((weakref.ref(grad), grad.data_ptr(), grad._version))
+            self.held.append((held, tuple(map(_data_ptr, held))))
+        self.gathered = out
+
+    def recall(
+        self, params: Sequence[Tensor], state: Any, names: tuple[str, ...], fetch: Callable, flag: Callable | None
+    ) -> Gathered | None:
+        """The remembered result, brought up to date; None when a new table must be built."""
+        out = self.gathered
+        if out is None or names != self.names or len(params) != len(self.params):
+            return None
+        (batch,) = out.batches.values()
+        table = batch.table()
+        state_get = state.get
+        count = len(names)
+        new_grads: list[tuple[int, int]] = []
+        try:
+            for i, (p, old, (address, version, shape), (grad_ref, grad_address, grad_version), (held, addresses)) in enumerate(
+                zip(params, self.params, self.marks, self.grads, self.held)
+            ):
+                if p is not old or p.data_ptr() != address or p._version != version or p.shape != shape:
+                    return None
+                now = _held(fetch, state_get(p), count)
+                if any(map(operator.is_not, now, held)) or tuple(map(_data_ptr, now)) != addresses:
+                    return None
+                grad = p.grad
+                if grad is not grad_ref() or grad.data_ptr() != grad_address or grad._version != grad_version:
+                    if not _grad_fits(p, grad):
+                        return None
+                    grad_address = grad.data_ptr()
+                    self.grads[i] = (weakref.ref(grad), grad_address, grad._version)
+                    new_grads.append((i, grad_address))
+                self.marks[i] = (address, version + 1, shape)
+        except (KeyError, TypeError, AttributeError, RuntimeError):  # state or gradient no longer fit the table
+            return None
+        for i, grad_address in new_grads:
+            table[i, GRAD] = grad_address
+        if flag is not None:
+            table[:, FLAG] = [flag(p, state_get(p)) for p in params]
+        return out
+
+
+_data_ptr = Tensor.data_ptr
+
+
+def _held(fetch: Callable | None, entry: Any, count: int) -> tuple:
+    """The state tensors ``fetch`` picks from a state entry, as a tuple."""
+    if fetch is None:
+        return ()
+    held = fetch(entry)
+    return (held,) if count == 1 else held
+
+
+def _grad_fits(p: Tensor, grad: Any) -> bool:
+    """Whether a new gradient can take the old one's place in a table (as :func:`why_not` would judge it).
+
+    The parameter's own metadata is unchanged (its version is), so its state
+    still lies like it; only the gradient is compared with it.
+    """
+    return (
+        type(grad) in _PLAIN_TYPES
+        and grad.layout is _STRIDED
+        and grad.is_cpu
+        and grad.dtype is p.dtype
+        and grad.shape == p.shape
+        and _same_layout(p, (grad,))
+    )
+
+
 def gather(
     params: Sequence[Tensor],
     state: Any,
@@ -475,6 +593,7 @@ def gather(
     buffers: Sequence[str] = (),
     flag: Callable[[Tensor, dict], int] | None = None,
     dry_run: bool = False,
+    reuse: Reuse | None = None,
 ) -> Gathered:
     """Sort ``params`` into kernel batches (one per dtype) and those left to the reference rule.
 
@@ -486,14 +605,21 @@ def gather(
     ``dry_run`` only sorts (no table is built): a parameter without state yet
     is judged on itself and its gradient (its state will be created like it),
     one without a gradient on itself.
+
+    ``reuse`` (the group's :class:`Reuse`) returns the last result, brought up
+    to date, when the tensors are those it was built from.
     """
+    names = (*scalars, *buffers)
+    fetch = operator.itemgetter(*names) if names else None
+    if reuse is not None and not dry_run:
+        recalled = reuse.recall(params, state, names, fetch, flag)
+        if recalled is not None:
+            return recalled
     out = all_to_reference_if_repeated(params)
     if out.rest:
         return out
     batches = out.batches
-    names = (*scalars, *buffers)
     nscal = len(scalars)
-    fetch = operator.itemgetter(*names) if names else None
     state_get = state.get
     plain_types = _PLAIN_TYPES
     storage = STORAGE
@@ -575,6 +701,8 @@ def gather(
         written = batch.written
         written.append(p)
         written.extend(held)
+    if reuse is not None and not dry_run:
+        reuse.remember(params, state, names, fetch, out)
     return out
 
 

@@ -13,7 +13,7 @@ from numba import prange
 from fastoptim.algorithms._rules import scalar_value
 
 from ._adam_moments import adam_moments
-from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_avg_sq")
@@ -75,10 +75,10 @@ def _adam_kernel(table, hyper, witness, grain):
                 store(param, i, theta + neg_step_size * (m / denom))
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
     buffers = AMSGRAD_BUFFERS if options["amsgrad"] else BUFFERS
-    return gather(params, state, scalars=SCALARS, buffers=buffers, dry_run=dry_run)
+    return gather(params, state, scalars=SCALARS, buffers=buffers, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

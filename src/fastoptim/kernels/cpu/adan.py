@@ -18,6 +18,7 @@ from fastoptim.algorithms._rules import scalar_value
 from ._launch import (
     GRAD,
     PARAM,
+    Reuse,
     add_scalar,
     column,
     columns,
@@ -91,9 +92,9 @@ def _adan_kernel(table, hyper, witness, grain):
                 store(previous_grad, i, -g)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
-    return gather(params, state, buffers=BUFFERS, dry_run=dry_run)
+    return gather(params, state, buffers=BUFFERS, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

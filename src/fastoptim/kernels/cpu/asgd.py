@@ -14,6 +14,7 @@ from numba import prange
 from ._launch import (
     GRAD,
     PARAM,
+    Reuse,
     add_scalar,
     bump_steps,
     column,
@@ -104,14 +105,14 @@ def _asgd_kernel(table, hyper, witness, grain):
                     store(ax, i, theta)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
     if torch.get_default_dtype() not in (torch.float32, torch.float64):
         # the new η and μ pass through a tensor of the default dtype (see the reference)
         out = gather((), state)
         out.rest, out.reasons = list(params), ["default dtype is neither float32 nor float64"]
         return out
-    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run)
+    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

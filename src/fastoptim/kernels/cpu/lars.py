@@ -29,6 +29,7 @@ from ._launch import (
     FLAG,
     GRAD,
     PARAM,
+    Reuse,
     add_scalar,
     column,
     columns,
@@ -122,10 +123,10 @@ def _lars_kernel(table, hyper, witness, grain):
                 store(param, i, theta + step * g)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters (kernel batches, and the ``rest`` left to the reference rule); FLAG marks matrices."""
     buffers = BUFFERS if options["momentum"] > 0.0 else ()
-    return gather(params, state, buffers=buffers, flag=lambda p, entry: int(p.dim() > 1), dry_run=dry_run)
+    return gather(params, state, buffers=buffers, flag=lambda p, entry: int(p.dim() > 1), dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

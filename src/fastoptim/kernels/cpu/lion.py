@@ -14,6 +14,7 @@ from fastoptim.algorithms._rules import scalar_value
 from ._launch import (
     GRAD,
     PARAM,
+    Reuse,
     add_scalar,
     column,
     columns,
@@ -66,9 +67,9 @@ def _lion_kernel(table, hyper, witness, grain):
                 store(exp_avg, i, rounded(m * b2, witness) + w2 * g)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
-    return gather(params, state, buffers=BUFFERS, dry_run=dry_run)
+    return gather(params, state, buffers=BUFFERS, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

@@ -16,6 +16,7 @@ from ._adam_moments import adam_moments
 from ._launch import (
     GRAD,
     PARAM,
+    Reuse,
     add_scalar,
     bump_steps,
     column,
@@ -95,9 +96,9 @@ def _nadam_kernel(table, hyper, witness, grain):
                 store(param, i, theta + momentum_factor * (m / denom))
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
-    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run)
+    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

@@ -13,7 +13,7 @@ from numba import prange
 from fastoptim.algorithms._rules import scalar_value
 
 from ._adam_moments import adam_moments
-from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_avg_sq")
@@ -84,9 +84,9 @@ def _radam_kernel(table, hyper, witness, grain):
                 store(param, i, theta - update)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
-    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run)
+    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

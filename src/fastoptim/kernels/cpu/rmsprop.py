@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 _COL = columns(SCALARS, ("square_avg", "momentum_buffer", "grad_avg"))
@@ -89,9 +89,9 @@ def _rmsprop_kernel(table, hyper, witness, grain):
                     store(param, i, theta + step * (g / avg))
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
-    return gather(params, state, scalars=SCALARS, buffers=_buffers(options), dry_run=dry_run)
+    return gather(params, state, scalars=SCALARS, buffers=_buffers(options), dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from numba import prange
 
-from ._launch import GRAD, PARAM, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
 
 SCALARS = ("step",)
 BUFFERS = ("prev", "step_size")
@@ -64,9 +64,9 @@ def _rprop_kernel(table, hyper, witness, grain):
                 store(prev, i, g)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
-    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run)
+    return gather(params, state, scalars=SCALARS, buffers=BUFFERS, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

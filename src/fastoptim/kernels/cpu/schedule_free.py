@@ -18,6 +18,7 @@ from numba import prange
 from ._launch import (
     GRAD,
     PARAM,
+    Reuse,
     add_scalar,
     column,
     columns,
@@ -80,10 +81,10 @@ def _is_adamw(options: dict) -> bool:
     return "beta2" in options
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule."""
     buffers = ("z", "exp_avg_sq") if _is_adamw(options) else ("z",)
-    return gather(params, state, buffers=buffers, dry_run=dry_run)
+    return gather(params, state, buffers=buffers, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import FLAG, GRAD, PARAM, add_scalar, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store, why_not
+from ._launch import FLAG, GRAD, PARAM, Reuse, add_scalar, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store, why_not
 
 BUFFERS = ("momentum_buffer",)
 MOMENTUM_BUFFER = columns((), BUFFERS)["momentum_buffer"]
@@ -60,14 +60,14 @@ def _sgd_kernel(table, hyper, witness, grain):
                 store(param, i, theta + step * g)
 
 
-def gather_(params, state, options: dict, dry_run: bool = False):
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
     """Sort the parameters: kernel batches, and the ``rest`` left to the reference rule.
 
     With momentum, a parameter without a buffer gets one here (laid out like
     its gradient, as the reference's ``grad.clone()``); the kernel fills it.
     """
     if options["momentum"] == 0:
-        return gather(params, state, dry_run=dry_run)
+        return gather(params, state, dry_run=dry_run, reuse=reuse)
     fresh: set[int] = set()
     if not dry_run:
         for p in params:
@@ -79,7 +79,7 @@ def gather_(params, state, options: dict, dry_run: bool = False):
                 else:
                     entry["momentum_buffer"] = buf
                 fresh.add(id(p))
-    return gather(params, state, buffers=BUFFERS, flag=lambda p, entry: id(p) in fresh, dry_run=dry_run)
+    return gather(params, state, buffers=BUFFERS, flag=lambda p, entry: id(p) in fresh, dry_run=dry_run, reuse=reuse)
 
 
 def run_(gathered, options: dict) -> None:

@@ -214,8 +214,11 @@ def _state_reason(p, entry) -> str | None:
     return None
 
 
-def gather_(params, state, options: dict, dry_run: bool = False) -> Gathered:
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: object = None) -> Gathered:
     """Sort the parameters: kernel batches (gradients coalesced), and the ``rest`` left to the reference rule.
+
+    A table is built every step (``reuse`` is ignored): each sparse gradient
+    is a new tensor with its own rows, coalesced here.
 
     ``dry_run`` only sorts (nothing is coalesced): a parameter without state
     yet is judged on itself and its gradient; one without a sparse gradient
