@@ -431,3 +431,131 @@ def test_strong_wolfe_rise_after_one_extrapolation_is_not_a_bracket():
     theirs = torch_lbfgs._strong_wolfe(obj_func, None, 1.0, d, 0.0, g, g.dot(d), max_ls=6)
     assert_same(list(ours), list(theirs), EXACT)
     assert ours[2] > 10  # the search went on past t = 10
+
+
+# ---------------------------------------------------------------- reused buffers (no state_dict() in the loop)
+# assert_same_optimizer calls state_dict(), which hands the buffers over; these
+# tests compare the live state instead, so the steady-state reuse path runs.
+
+
+def _quadratic_closure(params, scales):
+    """Separable quadratic written straight into p.grad (no autograd): what the bench runs."""
+    grads = [torch.zeros_like(p) for p in params]
+    for p, g in zip(params, grads):
+        p.grad = g
+
+    def closure():
+        with torch.no_grad():
+            loss = 0.0
+            for p, g, c in zip(params, grads, scales):
+                torch.mul(p, c, out=g)
+                loss = loss + 0.5 * float(c) * float((p * p).sum())
+            return torch.tensor(loss)
+
+    return closure
+
+
+def _buffer_ptrs(opt):
+    state = opt.state[opt.param_groups[0]["params"][0]]
+    tensors = [state["d"], state["prev_flat_grad"], *state["old_dirs"], *state["old_stps"]]
+    return {t.data_ptr() for t in tensors}
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"lr": 0.05, "max_iter": 5, "history_size": 3},
+        {"lr": torch.tensor(0.05), "max_iter": 3, "history_size": 2},
+        {"line_search_fn": "strong_wolfe", "max_iter": 4, "history_size": 3},
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_steady_state_reuses_buffers_bitwise(kwargs, dtype):
+    """Many steps with a full history: identical bits to torch, and no new n-element tensors."""
+    gen = torch.Generator().manual_seed(1)
+    values = [torch.randn(7, 3, generator=gen, dtype=dtype), torch.randn(11, generator=gen, dtype=dtype)]
+    scales = [1.5, 0.25]
+    runs = []
+    for cls in (fastoptim.LBFGS, torch.optim.LBFGS):
+        params = [v.clone().requires_grad_() for v in values]
+        opt = cls(params, tolerance_grad=0, tolerance_change=0, **copy.deepcopy(kwargs))
+        runs.append((opt, params, _quadratic_closure(params, scales)))
+    (ours, our_params, our_closure), (theirs, their_params, their_closure) = runs
+    seen = []
+    for step in range(8):
+        assert_same(ours.step(our_closure), theirs.step(their_closure), EXACT, f"step {step} loss")
+        assert_same(our_params, their_params, EXACT, f"step {step} params")
+        ours_state, theirs_state = ours.state[our_params[0]], theirs.state[their_params[0]]
+        assert list(ours_state) == list(theirs_state)
+        assert_same(dict(ours_state), dict(theirs_state), EXACT, f"step {step} state")
+        seen.append(_buffer_ptrs(ours))
+    assert len(ours.state[our_params[0]]["old_dirs"]) == kwargs["history_size"]
+    if "line_search_fn" not in kwargs:
+        # from the third step on, every tensor of the state lives in a buffer seen before
+        # (a fixed set: 2 flat gradients + d + history + one spare pair)
+        assert len(set().union(*seen[2:])) <= 2 + 1 + 2 * kwargs["history_size"] + 2
+        assert set().union(*seen[5:]) <= set().union(*seen[2:5])
+
+
+def test_exported_state_dict_is_not_overwritten():
+    """The tensors of a state_dict() stay as they were while the optimizer steps on."""
+    p = torch.tensor([1.0, -2.0, 3.0, 0.5], dtype=torch.float64, requires_grad=True)
+    opt = fastoptim.LBFGS([p], lr=0.1, max_iter=3, history_size=2, tolerance_grad=0, tolerance_change=0)
+    closure = _quadratic_closure([p], [2.0])
+    for _ in range(3):
+        opt.step(closure)
+    entry = opt.state_dict()["state"][0]
+    exported = {k: (list(v) if isinstance(v, list) else v) for k, v in entry.items()}
+    frozen = copy.deepcopy(exported)
+    for _ in range(4):
+        opt.step(closure)
+    assert_same(exported, frozen, EXACT, "exported tensors")
+
+
+def test_two_optimizers_sharing_a_loaded_state_stay_exact():
+    """A fastoptim optimizer loads another's live state_dict; both step on, each exactly like torch."""
+    values = [torch.randn(6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)]
+    kwargs = {"lr": 0.1, "max_iter": 4, "history_size": 2, "tolerance_grad": 0, "tolerance_change": 0}
+    runs = []
+    for cls in (fastoptim.LBFGS, torch.optim.LBFGS):
+        params = [v.clone().requires_grad_() for v in values]
+        runs.append((cls(params, **kwargs), params))
+    closures = [_quadratic_closure(ps, [3.0]) for _, ps in runs]
+    for _ in range(3):
+        for (opt, _), closure in zip(runs, closures):
+            opt.step(closure)
+    (ours, our_params), (theirs, their_params) = runs
+    twin_params = [p.detach().clone().requires_grad_() for p in our_params]
+    twin = fastoptim.LBFGS(twin_params, **kwargs)
+    twin.load_state_dict(ours.state_dict())
+    twin_closure = _quadratic_closure(twin_params, [3.0])
+    torch_twin_params = [p.detach().clone().requires_grad_() for p in their_params]
+    torch_twin = torch.optim.LBFGS(torch_twin_params, **kwargs)
+    torch_twin.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    torch_twin_closure = _quadratic_closure(torch_twin_params, [3.0])
+    for step in range(4):
+        ours.step(closures[0])
+        theirs.step(closures[1])
+        twin.step(twin_closure)
+        torch_twin.step(torch_twin_closure)
+        assert_same(dict(ours.state[our_params[0]]), dict(theirs.state[their_params[0]]), EXACT, f"{step} ours")
+        assert_same(
+            dict(twin.state[twin_params[0]]), dict(torch_twin.state[torch_twin_params[0]]), EXACT, f"{step} twin"
+        )
+
+
+def test_abs_max_helpers_match_torch_expressions():
+    from fastoptim.algorithms.lbfgs import _abs_max, _step_abs_max
+
+    gen = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        for scale in (1e-30, 1e-3, 1.0, 1e30):
+            x = (torch.randn(1000, generator=gen, dtype=torch.float64) * scale).to(dtype)
+            assert_same(_abs_max(x), x.abs().max(), EXACT)
+            for t in (0.37, 1e-7, 3.0, torch.tensor(0.37, dtype=dtype)):
+                assert_same(_step_abs_max(x, t), x.mul(t).abs().max(), EXACT)
+        nan = torch.tensor([1.0, float("nan"), -2.0], dtype=dtype)
+        assert torch.isnan(_abs_max(nan)) and torch.isnan(_step_abs_max(nan, 0.5))
+    with pytest.raises(RuntimeError):
+        _abs_max(torch.zeros(0))

@@ -33,10 +33,27 @@ parameter so that ``state_dict``/``load_state_dict`` move it: ``func_evals``,
 .. warning:: Unlike torch.optim 2.13, a parameter whose gradient is not
    contiguous (a transposed weight) is flattened with a copy instead of raising
    ``RuntimeError: view size is not compatible``; results are otherwise identical.
+
+Memory: torch.optim.LBFGS allocates new n-element tensors in every iteration
+(the flat gradient, ``y``, ``s``, the direction, the line search's copy of the
+parameters).  This implementation computes the same values, op for op, into
+buffers it keeps between steps: two flat-gradient buffers used in turn (the
+newer is ``prev_flat_grad``), the direction buffer (``d``), a spare
+``(y, s)`` pair, and the ``(y, s)`` tensors that drop out of a full history,
+which are reused for the next pair.  Once the history is full a step without
+line search allocates no n-element tensor; the price is about three n-element
+buffers kept between steps that torch frees.  The state still holds one tensor
+per entry (``old_dirs``/``old_stps`` are lists of separate tensors, as in
+torch), so ``state_dict`` is laid out exactly like torch's and loads in either
+library.  Only tensors this optimizer allocated itself are written into:
+tensors that came in through ``load_state_dict`` are read, never overwritten.
+As in torch, ``state_dict()`` returns the live state, not a snapshot: copy it
+(``torch.save``, ``copy.deepcopy``) before stepping on if it must not change.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -58,6 +75,7 @@ def two_loop_direction(
     ro: list[Tensor],
     H_diag,
     al: list,
+    out: Tensor | None = None,
 ) -> Tensor:
     r"""The L-BFGS direction :math:`d = -H g` by the two-loop recursion (Nocedal & Wright, Alg. 7.4).
 
@@ -75,39 +93,51 @@ def two_loop_direction(
             \qquad (i = 0, \dots, n-1)
 
     and :math:`d = r`.  The :math:`\alpha_i` are written into ``al`` (the
-    ``state["al"]`` scratch list, kept for torch's state layout).
+    ``state["al"]`` scratch list, kept for torch's state layout).  With
+    ``out`` (a tensor like ``flat_grad``, aliasing none of the inputs) the
+    direction is computed in it, with the same operations and the same bits.
     """
     count = len(old_dirs)
-    q = flat_grad.neg()
+    q = flat_grad.neg() if out is None else torch.neg(flat_grad, out=out)
     for i in range(count - 1, -1, -1):
         al[i] = old_stps[i].dot(q) * ro[i]
         q.add_(old_dirs[i], alpha=-al[i])
-    r = torch.mul(q, H_diag)
+    # The same multiplication in place: one n-element temporary less.
+    r = torch.mul(q, H_diag) if out is None else q.mul_(H_diag)
     for i in range(count):
         be_i = old_dirs[i].dot(r) * ro[i]
         r.add_(old_stps[i], alpha=al[i] - be_i)
     return r
 
 
-def _remember_pair(
-    y: Tensor, s: Tensor, old_dirs: list, old_stps: list, ro: list, H_diag, history_size: int
-):
-    """Store the curvature pair ``(s, y)`` if ``yᵀs > 1e-10`` (dropping the oldest at ``history_size``).
+def _abs_max(x: Tensor) -> Tensor:
+    """``x.abs().max()`` without the n-element ``abs`` temporary (the same value: a max is exact)."""
+    if x.numel() == 0 or x.is_complex():
+        return x.abs().max()  # torch's error / complex magnitudes
+    # one read of x (vector_norm(x, inf) is ~10x slower on CPU); NaN propagates through both
+    low, high = torch.aminmax(x)
+    return torch.maximum(low.neg_(), high)
 
-    Returns the new scale of the initial inverse Hessian, ``yᵀs / yᵀy``, or
-    ``H_diag`` unchanged when the pair is rejected.
-    """
-    ys = y.dot(s)
-    if not ys > 1e-10:
-        return H_diag
-    if len(old_dirs) == history_size:
-        old_dirs.pop(0)
-        old_stps.pop(0)
-        ro.pop(0)
-    old_dirs.append(y)
-    old_stps.append(s)
-    ro.append(1.0 / ys)
-    return ys / y.dot(y)
+
+class _Flat:
+    """One flat n-element buffer and its per-parameter views (complex parameters as real pairs)."""
+
+    __slots__ = ("flat", "views")
+
+    def __init__(self, numel: int, dtype: torch.dtype, device: torch.device, shapes: list[tuple[int, ...]]):
+        self.flat = torch.empty(numel, dtype=dtype, device=device)
+        self.views = _views_of(self.flat, shapes)
+
+
+def _views_of(flat: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
+    views, offset = [], 0
+    for shape in shapes:
+        numel = 1
+        for size in shape:
+            numel *= size
+        views.append(flat[offset : offset + numel].view(shape))
+        offset += numel
+    return views
 
 
 class LBFGS(Optimizer):
@@ -133,6 +163,9 @@ class LBFGS(Optimizer):
         ...     return loss
         >>> opt.step(closure)
     """
+
+    #: attributes holding the reusable buffers: rebuilt, not copied, by pickle / deepcopy
+    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned")
 
     def __init__(
         self,
@@ -162,6 +195,83 @@ class LBFGS(Optimizer):
             raise ValueError("LBFGS doesn't support per-parameter options (parameter groups)")
         self._params = self.param_groups[0]["params"]
         self._numel_cache = None
+        self._reset_buffers()
+
+    # -------------------------------------------------- reusable buffers
+    def _reset_buffers(self) -> None:
+        self._layout = None  # (dtype, device, shapes) the buffers below were made for
+        self._grad_bufs: list[_Flat] = []  # up to two flat-gradient buffers, used in turn
+        self._dir_buf: _Flat | None = None  # the direction d
+        self._x_bufs: list[Tensor] | None = None  # the line search's copy of the parameters
+        self._spare_pair: tuple[Tensor, Tensor] | None = None  # (y, s) buffers for the next pair
+        # id -> tensor of the history tensors this optimizer allocated (kept alive, so ids stay unique)
+        self._owned: dict[int, Tensor] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for name in self._BUFFER_ATTRIBUTES:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._reset_buffers()
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout; the tensors it holds are not written into by later steps.
+
+        The dict is the live state (as in torch), but the buffers it exports
+        are handed over: the next step computes into new ones.
+        """
+        state_dict = super().state_dict()
+        self._disown()
+        return state_dict
+
+    def _disown(self) -> None:
+        """Stop reusing the buffers that are in the state now (they were exported)."""
+        state = self.state.get(self._params[0], {})
+        prev = state.get("prev_flat_grad")
+        self._grad_bufs = [buf for buf in self._grad_bufs if buf.flat is not prev]
+        if self._dir_buf is not None and self._dir_buf.flat is state.get("d"):
+            self._dir_buf = None
+        self._forget_foreign((), ())  # keeps the spare pair only
+
+    def _real_params(self) -> list[Tensor]:
+        return [torch.view_as_real(p) if p.is_complex() else p for p in self._params]
+
+    def _check_layout(self, real_params: list[Tensor]) -> tuple:
+        """The flat vector's (dtype, device, per-parameter shapes); drops buffers made for another one."""
+        dtype = functools.reduce(torch.promote_types, (p.dtype for p in real_params))
+        layout = (dtype, real_params[0].device, [tuple(p.shape) for p in real_params], [p.dtype for p in real_params])
+        if layout != self._layout:
+            self._reset_buffers()
+            self._layout = layout
+        return layout
+
+    def _new_flat(self) -> _Flat:
+        dtype, device, shapes, _ = self._layout
+        return _Flat(self._numel(), dtype, device, shapes)
+
+    def _grad_buffer(self, busy: Tensor | None) -> _Flat:
+        """An own flat-gradient buffer other than ``busy`` (the one holding ``prev_flat_grad``)."""
+        for buf in self._grad_bufs:
+            if buf.flat is not busy:
+                return buf
+        buf = self._new_flat()
+        self._grad_bufs.append(buf)
+        return buf
+
+    def _direction_buffer(self) -> _Flat:
+        if self._dir_buf is None:
+            self._dir_buf = self._new_flat()
+        return self._dir_buf
+
+    def _views(self, flat: Tensor) -> list[Tensor]:
+        """Per-parameter views of the flat vector ``flat`` (cached for the own buffers)."""
+        for buf in (*self._grad_bufs, self._dir_buf):
+            if buf is not None and buf.flat is flat:
+                return buf.views
+        return _views_of(flat, [tuple(p.shape) for p in self._real_params()])
 
     # -------------------------------------------------- the flat view of all parameters
     # Complex parameters count as their (real, imaginary) pairs, in memory order.
@@ -171,47 +281,110 @@ class LBFGS(Optimizer):
             self._numel_cache = sum(2 * p.numel() if torch.is_complex(p) else p.numel() for p in self._params)
         return self._numel_cache
 
-    def _gather_flat_grad(self) -> Tensor:
-        """All gradients as one flat vector (zeros for a parameter without one)."""
-        views = []
-        for p in self._params:
-            if p.grad is None:
-                view = p.new(p.numel()).zero_()
-            elif p.grad.is_sparse:
-                view = p.grad.to_dense().view(-1)
-            else:
-                view = p.grad.reshape(-1)
-            if torch.is_complex(view):
-                view = torch.view_as_real(view).view(-1)
-            views.append(view)
-        return torch.cat(views, 0)
+    def _gather_flat_grad(self, out: _Flat | None = None) -> Tensor:
+        """All gradients as one flat vector (zeros for a parameter without one).
+
+        Without ``out`` a new tensor (``torch.cat``, as torch does); with it,
+        the gradients are copied into ``out``'s views (the same values: a copy
+        converts dtypes exactly as ``cat`` does).
+        """
+        if out is None:
+            views = []
+            for p in self._params:
+                if p.grad is None:
+                    view = p.new(p.numel()).zero_()
+                elif p.grad.is_sparse:
+                    view = p.grad.to_dense().view(-1)
+                else:
+                    view = p.grad.reshape(-1)
+                if torch.is_complex(view):
+                    view = torch.view_as_real(view).view(-1)
+                views.append(view)
+            return torch.cat(views, 0)
+        targets, sources = [], []
+        for p, view in zip(self._params, out.views, strict=True):
+            grad = p.grad
+            if grad is None:
+                view.zero_()
+                continue
+            if grad.is_sparse:
+                grad = grad.to_dense()
+            targets.append(view)
+            sources.append(torch.view_as_real(grad) if grad.is_complex() else grad)
+        if targets:
+            torch._foreach_copy_(targets, sources)
+        return out.flat
 
     def _add_grad(self, step_size, update: Tensor) -> None:
-        """``θ ← θ + step_size · update`` for the flat ``update``."""
-        offset = 0
-        for p in self._params:
-            if torch.is_complex(p):
-                p = torch.view_as_real(p)
-            numel = p.numel()
-            p.add_(update[offset : offset + numel].view_as(p), alpha=step_size)
-            offset += numel
-        if offset != self._numel():
-            raise AssertionError(f"Expected offset {offset} to equal {self._numel()}")
+        """``θ ← θ + step_size · update`` for the flat ``update`` (one foreach call on its views)."""
+        views = self._views(update)
+        if sum(v.numel() for v in views) != self._numel():
+            raise AssertionError(f"Expected offset {update.numel()} to equal {self._numel()}")
+        # the CPU foreach add_ is add_ on each pair: the same bits as torch's loop
+        torch._foreach_add_(self._real_params(), views, alpha=step_size)
 
     def _clone_param(self) -> list[Tensor]:
-        return [p.clone(memory_format=torch.contiguous_format) for p in self._params]
+        """The parameters' values, in buffers reused from one line search to the next."""
+        if self._x_bufs is None:
+            self._x_bufs = [torch.empty_like(p, memory_format=torch.contiguous_format) for p in self._params]
+        torch._foreach_copy_(self._x_bufs, list(self._params))
+        return self._x_bufs
 
     def _set_param(self, params_data: list[Tensor]) -> None:
-        for p, pdata in zip(self._params, params_data, strict=True):
-            p.copy_(pdata)
+        torch._foreach_copy_(list(self._params), list(params_data))
 
     def _directional_evaluate(self, closure: Callable, x: list[Tensor], t, d: Tensor) -> tuple[float, Tensor]:
-        """Loss and flat gradient at ``x + t d``; the parameters are put back to ``x``."""
+        """Loss and flat gradient at ``x + t d``; the parameters are put back to ``x``.
+
+        The gradient is a new tensor each time: the line search keeps several.
+        """
         self._add_grad(t, d)
         loss = float(closure())
         flat_grad = self._gather_flat_grad()
         self._set_param(x)
         return loss, flat_grad
+
+    # -------------------------------------------------- curvature pairs
+    def _pair_buffers(self) -> tuple[Tensor, Tensor]:
+        """Buffers for the next ``(y, s)``: the spare pair, else new tensors."""
+        if self._spare_pair is None:
+            y, s = self._new_flat().flat, self._new_flat().flat
+            self._owned[id(y)], self._owned[id(s)] = y, s
+            self._spare_pair = (y, s)
+        return self._spare_pair
+
+    def _is_owned(self, t: Tensor) -> bool:
+        return self._owned.get(id(t)) is t
+
+    def _forget_foreign(self, old_dirs, old_stps) -> None:
+        """Keep in ``_owned`` only the tensors still in the history or spare (the state may have been replaced)."""
+        keep = {id(t) for t in (*(old_dirs or ()), *(old_stps or ()), *(self._spare_pair or ()))}
+        self._owned = {k: t for k, t in self._owned.items() if k in keep}
+
+    def _remember_pair(self, flat_grad, prev_flat_grad, d, t, old_dirs, old_stps, ro, H_diag, history_size):
+        """Store the curvature pair ``y = g − g_prev``, ``s = t d`` if ``yᵀs > 1e-10`` (dropping the oldest).
+
+        Returns the new scale of the initial inverse Hessian, ``yᵀs / yᵀy``, or
+        ``H_diag`` unchanged when the pair is rejected.  ``y`` and ``s`` are
+        computed into the spare pair; a pair that leaves a full history becomes
+        the spare when this optimizer allocated it.
+        """
+        y_buf, s_buf = self._pair_buffers()
+        y = torch.sub(flat_grad, prev_flat_grad, out=y_buf)
+        s = torch.mul(d, t, out=s_buf)
+        ys = y.dot(s)
+        if not ys > 1e-10:
+            return H_diag  # the spare pair stays spare
+        self._spare_pair = None
+        if len(old_dirs) == history_size:
+            y_old, s_old = old_dirs.pop(0), old_stps.pop(0)
+            ro.pop(0)
+            if self._is_owned(y_old) and self._is_owned(s_old) and y_old is not s_old:
+                self._spare_pair = (y_old, s_old)
+        old_dirs.append(y)
+        old_stps.append(s)
+        ro.append(1.0 / ys)
+        return ys / y.dot(y)
 
     # -------------------------------------------------- the step
     @torch.no_grad()
@@ -243,10 +416,7 @@ class LBFGS(Optimizer):
         current_evals = 1
         state["func_evals"] += 1
 
-        flat_grad = self._gather_flat_grad()
-        if flat_grad.abs().max() <= tolerance_grad:
-            return orig_loss  # already optimal: the saved history is left as it was
-
+        self._check_layout(self._real_params())
         d = state.get("d")
         t = state.get("t")
         old_dirs = state.get("old_dirs")
@@ -255,29 +425,36 @@ class LBFGS(Optimizer):
         H_diag = state.get("H_diag")
         prev_flat_grad = state.get("prev_flat_grad")
         prev_loss = state.get("prev_loss")
+        self._forget_foreign(old_dirs, old_stps)
+
+        flat_grad = self._gather_flat_grad(self._grad_buffer(busy=prev_flat_grad))
+        if _abs_max(flat_grad) <= tolerance_grad:
+            return orig_loss  # already optimal: the saved history is left as it was
 
         n_iter = 0
         while n_iter < max_iter:
             n_iter += 1
             state["n_iter"] += 1
 
-            # ---- direction
+            # ---- direction (into the own direction buffer: the old d is only needed for s)
             if state["n_iter"] == 1:
-                d = flat_grad.neg()
+                d = torch.neg(flat_grad, out=self._direction_buffer().flat)
                 old_dirs, old_stps, ro = [], [], []
+                self._forget_foreign(old_dirs, old_stps)
                 H_diag = 1
             else:
-                H_diag = _remember_pair(
-                    flat_grad.sub(prev_flat_grad), d.mul(t), old_dirs, old_stps, ro, H_diag, history_size
+                H_diag = self._remember_pair(
+                    flat_grad, prev_flat_grad, d, t, old_dirs, old_stps, ro, H_diag, history_size
                 )
                 if "al" not in state:
                     state["al"] = [None] * history_size
-                d = two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, state["al"])
+                d = two_loop_direction(
+                    flat_grad, old_dirs, old_stps, ro, H_diag, state["al"], out=self._direction_buffer().flat
+                )
 
-            if prev_flat_grad is None:
-                prev_flat_grad = flat_grad.clone(memory_format=torch.contiguous_format)
-            else:
-                prev_flat_grad.copy_(flat_grad)
+            # torch copies g into prev_flat_grad; the buffers swap roles instead
+            # (the next gradient goes into the other one)
+            prev_flat_grad = flat_grad
             prev_loss = loss
 
             # ---- step length
@@ -299,15 +476,15 @@ class LBFGS(Optimizer):
                     obj_func, x_init, t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals
                 )
                 self._add_grad(t, d)
-                opt_cond = flat_grad.abs().max() <= tolerance_grad
+                opt_cond = _abs_max(flat_grad) <= tolerance_grad
             else:
                 self._add_grad(t, d)
                 # The last iteration does not re-evaluate: in a stochastic
                 # setting the next step() call evaluates anyway.
                 if n_iter != max_iter:
                     loss = float(closure())
-                    flat_grad = self._gather_flat_grad()
-                    opt_cond = flat_grad.abs().max() <= tolerance_grad
+                    flat_grad = self._gather_flat_grad(self._grad_buffer(busy=prev_flat_grad))
+                    opt_cond = _abs_max(flat_grad) <= tolerance_grad
                     ls_func_evals = 1
 
             current_evals += ls_func_evals
@@ -316,7 +493,7 @@ class LBFGS(Optimizer):
             # ---- stopping tests
             if n_iter == max_iter or current_evals >= max_eval or opt_cond:
                 break
-            if d.mul(t).abs().max() <= tolerance_change:
+            if _step_abs_max(d, t) <= tolerance_change:
                 break  # the step no longer moves the parameters
             if abs(loss - prev_loss) < tolerance_change:
                 break  # the loss no longer changes
@@ -332,3 +509,17 @@ class LBFGS(Optimizer):
             prev_loss=prev_loss,
         )
         return orig_loss
+
+
+def _step_abs_max(d: Tensor, t):
+    """``d.mul(t).abs().max()`` as ``|t · max|d||``, without two n-element temporaries.
+
+    Rounding is monotone, so ``max_i |fl(t d_i)| = |fl(t max_i |d_i|)|`` when both
+    are computed in the same dtype; NaN/inf cases compare the same way against
+    the tolerance (both sides are NaN or ±inf).  A tensor ``t`` of another
+    dtype would change the product's dtype on a 0-dim tensor: then torch's
+    expression is used.
+    """
+    if isinstance(t, Tensor) and (t.dtype != d.dtype or t.dim() != 0):
+        return d.mul(t).abs().max()
+    return _abs_max(d).mul(t).abs()
