@@ -211,6 +211,36 @@ def test_float64_default_dtype(name, small_grain):
         torch.set_default_dtype(before)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+def test_asgd_average_streamed_in_blocks_and_unaligned(dtype):
+    """ASGD's average is copied with streaming stores until averaging starts (t0=3 here).
+
+    Default grain, so segments span several of the kernel's blocks; odd sizes
+    leave a tail shorter than a cache line; and one average buffer, swapped
+    in after the first step, starts 1 element past a cache line (ordinary
+    stores there).
+    """
+    from fastoptim.kernels.cpu.asgd import BLOCK
+
+    gen = torch.Generator().manual_seed(3)
+    params = [torch.randn(n, generator=gen, dtype=torch.float64).to(dtype).requires_grad_() for n in (3 * BLOCK + 5, BLOCK, 77)]
+    kernel_opt, reference_opt = run_side_by_side("ASGD", dict(lr=0.1, t0=3), dtype, params, lambda step: grads_for(params, step), 1)
+    for opt in (kernel_opt, reference_opt):
+        entry = opt.state[opt.param_groups[0]["params"][0]]
+        unaligned = torch.zeros(entry["ax"].numel() + 1, dtype=dtype)[1:]
+        entry["ax"] = unaligned.copy_(entry["ax"])
+    kernel_params, reference_params = (opt.param_groups[0]["params"] for opt in (kernel_opt, reference_opt))
+    for step in range(1, 6):
+        for ps in (kernel_params, reference_params):
+            for p, g in zip(ps, grads_for(params, step)):
+                p.grad = g
+        with use_backend("numba"):
+            kernel_opt.step()
+        with use_backend("reference"):
+            reference_opt.step()
+        assert_state_equal(kernel_opt, reference_opt, dtype, f"step {step}")
+
+
 @pytest.mark.parametrize("case", CONFIGS, ids=config_id)
 def test_nan_and_inf_propagate_like_the_reference(case, small_grain):
     """fastmath flags without 'nnan'/'ninf': NaN and ±inf end up exactly where the reference puts them."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import operator
 import os
+import platform
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -215,6 +216,64 @@ def plan(table, grain):
     starts[0] = 0
     _cut(table, grain, segments, starts, True)
     return segments, starts
+
+
+#: bytes a streaming store writes at once (one cache line)
+LINE = 64
+
+
+@intrinsic
+def _stream_line(typingctx, dst, src):
+    """Copy one cache line from address ``src`` to the line-aligned address ``dst`` with a non-temporal store."""
+    sig = types.void(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        line = llvm_ir.VectorType(llvm_ir.IntType(32), LINE // 4)
+        value = builder.load(builder.inttoptr(args[1], line.as_pointer()), align=4)
+        written = builder.store(value, builder.inttoptr(args[0], line.as_pointer()), align=LINE)
+        written.set_metadata("nontemporal", builder.module.add_metadata([llvm_ir.Constant(llvm_ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_X86 = platform.machine().lower() in ("x86_64", "amd64")
+
+
+@intrinsic
+def store_fence(typingctx):
+    """Order this thread's streaming stores before anything it does next (``sfence`` on x86)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _X86:  # LLVM's seq_cst fence is a locked OR there, which x86 does not promise to order them
+            sfence = cgutils.get_or_insert_function(builder.module, llvm_ir.FunctionType(llvm_ir.VoidType(), []), "llvm.x86.sse.sfence")
+            builder.call(sfence, [])
+        else:
+            builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def stream_copy(dst, src):
+    """``dst[:] = src`` (two 1-D arrays of one dtype), bypassing the cache where ``dst`` is line-aligned.
+
+    For a write-only buffer: an ordinary store first reads the line it writes
+    (write-allocate), so a buffer that is only written costs twice its size in
+    traffic; streaming stores write it once.  The caller issues
+    :func:`store_fence` before its results are read elsewhere.
+    """
+    n = src.shape[0]
+    done = 0
+    if dst.ctypes.data % LINE == 0:
+        lines = (n * src.itemsize) // LINE
+        for k in range(lines):
+            _stream_line(dst.ctypes.data + k * LINE, src.ctypes.data + k * LINE)
+        done = lines * LINE // src.itemsize
+    for i in range(done, n):
+        dst[i] = src[i]
 
 
 @numba.njit(inline="always")

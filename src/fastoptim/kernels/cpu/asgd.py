@@ -31,12 +31,16 @@ from ._launch import (
     scalar,
     set_scalar,
     store,
+    store_fence,
+    stream_copy,
 )
 
 SCALARS = ("step", "eta", "mu")
 BUFFERS = ("ax",)
 _COL = columns(SCALARS, BUFFERS)
 STEP, ETA, MU, AX = (_COL[k] for k in (*SCALARS, *BUFFERS))
+#: elements updated before their block of the average is copied (16 KiB of float32: still in L1)
+BLOCK = 4096
 
 
 @helper
@@ -81,28 +85,34 @@ def _asgd_kernel(table, hyper, witness, grain):
             neg_eta = add_scalar(per[t, 1], witness)  # param.add_(grad, alpha=−η)
             mu = scalar(per[t, 2], witness)
             averaging = per[t, 3] != 0
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            ax = column(table, t, AX, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # g ← g + λ_wd θ
-                theta = load(param, i)
-                if l2:
-                    g = rounded(g + lam * theta, witness)
-                # θ ← θ(1 − λη) − ηg
-                theta = rounded(theta * shrink, witness)
-                theta = theta + neg_eta * g
-                store(param, i, theta)
-                # a ← a + μ(θ − a), or a ← θ before averaging starts (μ = 1)
-                if averaging:
-                    a = load(ax, i)
-                    store(ax, i, a + rounded(rounded(rounded(theta, witness) - a, witness) * mu, witness))
-                else:
-                    store(ax, i, theta)
+            # Before averaging starts the average only copies θ: that buffer is
+            # written, never read, so it is streamed a block at a time.
+            for b in range(0, n, BLOCK):
+                m = min(BLOCK, n - b)
+                param = column(table, t, PARAM, lo + b, m, witness)
+                grad = column(table, t, GRAD, lo + b, m, witness)
+                ax = column(table, t, AX, lo + b, m, witness)
+                for i in range(m):
+                    # g ← −g if maximize
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    # g ← g + λ_wd θ
+                    theta = load(param, i)
+                    if l2:
+                        g = rounded(g + lam * theta, witness)
+                    # θ ← θ(1 − λη) − ηg
+                    theta = rounded(theta * shrink, witness)
+                    theta = theta + neg_eta * g
+                    store(param, i, theta)
+                    # a ← a + μ(θ − a) once averaging has started (μ ≠ 1)
+                    if averaging:
+                        a = load(ax, i)
+                        store(ax, i, a + rounded(rounded(rounded(theta, witness) - a, witness) * mu, witness))
+                # a ← θ before (μ = 1)
+                if not averaging:
+                    stream_copy(ax, param)
+        store_fence()
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
