@@ -17,7 +17,14 @@ import torch
 
 import fastoptim
 from fastoptim.bench import bytemodel, memory, paramsets, report, runner, stats
-from fastoptim.bench.variants import REFERENCE_PACKAGES, SKIP_REASONS, discover_algorithms, variants_for
+from fastoptim.bench.variants import (
+    BENCH_OPTIONS,
+    REFERENCE_PACKAGES,
+    SKIP_REASONS,
+    closure_for,
+    discover_algorithms,
+    variants_for,
+)
 from fastoptim.cli import CLIError, build_parser, main
 
 # --------------------------------------------------------------------------- byte model
@@ -73,8 +80,8 @@ def test_state_names_are_torchs(algorithm, traffic, shape):
 def test_every_benched_algorithm_has_a_byte_model():
     algorithms, skipped = discover_algorithms()
     assert set(skipped) <= set(SKIP_REASONS) | set(REFERENCE_PACKAGES)  # the latter when a package is missing
-    assert [a for a in algorithms if a not in bytemodel.BYTE_MODEL] == []
-    assert "LBFGS" not in algorithms
+    assert [a for a in algorithms if bytemodel.model_for(a, BENCH_OPTIONS.get(a)) is None] == []
+    assert "LBFGS" in algorithms and "Muon" not in algorithms
 
 
 def test_step_bytes_dense():
@@ -98,6 +105,87 @@ def test_step_bytes_sparse_counts_touched_elements_and_indices():
     grad = paramsets.sparse_grad(dense, density=0.1)  # 5 rows of 4 touched
     assert grad._values().shape == (5, 4)
     assert bytemodel.step_bytes("SparseAdam", [torch.zeros(50, 4)], [grad]) == 5 * 4 * 28 + 5 * bytemodel.INDEX_BYTES
+
+
+def test_lbfgs_byte_model_by_hand():
+    """K (8m + 13) vectors of n per step: the table in lbfgs_traffic's docstring, summed."""
+    K, m = 4, 3
+    per_iteration = 2 + 2 + 5 + (4 * m + 1) + 4 * m + 3  # closure, gather, pair, loop 1, loop 2, update
+    assert per_iteration == 8 * m + 13 == 37
+    traffic = bytemodel.lbfgs_traffic(K, m)
+    assert traffic.tensors_per_element == K * per_iteration == 148
+    assert traffic.bytes_per_element(4) == 592 and traffic.bytes_per_element(8) == 1184
+    reads = dict(zip((r.split(" ×")[0] for r in traffic.reads), traffic.read_counts))
+    writes = dict(zip((w.split(" ×")[0] for w in traffic.writes), traffic.write_counts))
+    assert reads["param"] == 2 * K and writes["param"] == K  # closure + update read θ; the update writes it
+    assert reads["grad"] == writes["grad"] == K  # K closure evaluations per step
+    assert reads["old_dirs/old_stps"] == K * (4 * m - 1)  # each stored vector twice per iteration, y₀ shared
+    assert reads["q/r"] == K * (2 * m - 1) and writes["q/r (d)"] == 2 * m * K
+    assert sum(reads.values()) == K * (6 * m + 8) and sum(writes.values()) == K * (2 * m + 5)
+    assert all(f"{name} ×{n}" in traffic.reads for name, n in reads.items())
+    # torch's defaults when the bench's options are not given
+    assert bytemodel.model_for("LBFGS").tensors_per_element == 20 * (8 * 100 + 13)
+    assert bytemodel.model_for("LBFGS", BENCH_OPTIONS["LBFGS"]).tensors_per_element == 148
+    assert bytemodel.model_for("Adam") is bytemodel.BYTE_MODEL["Adam"] and bytemodel.model_for("Muon") is None
+    with pytest.raises(ValueError):
+        bytemodel.lbfgs_traffic(4, 0)
+
+
+def test_lbfgs_step_bytes_count_the_flat_vector():
+    params = [torch.zeros(10, 3), torch.zeros(7), torch.zeros(2, dtype=torch.complex64)]  # 30 + 7 + 2*2 elements
+    options = {"max_iter": 2, "history_size": 1}  # 2 * (8 + 13) = 42 vectors
+    assert bytemodel.step_bytes("LBFGS", params, options=options) == 41 * 42 * 4
+    assert bytemodel.step_bytes("LBFGS", [torch.zeros(5, dtype=torch.float64)], options=options) == 5 * 42 * 8
+
+
+def test_lbfgs_variants_share_one_closure_and_do_a_known_amount_of_work():
+    variants, notes = variants_for("LBFGS")
+    assert [v.key for v in variants] == ["torch_forloop", "fastoptim"]
+    assert "flat vector" in notes["torch_foreach"] and "max_iter=4" in notes["options"]
+    options = BENCH_OPTIONS["LBFGS"]
+    assert options["max_iter"] - 1 >= options["history_size"]  # the first step fills the history
+    values = paramsets.build("tiny", quick=True, scale=0.2)
+    runs = []
+    for variant in variants:
+        params = values.fresh_params()
+        closure = closure_for("LBFGS", params)
+        grads = [p.grad for p in params]
+        loss = closure()
+        assert [p.grad for p in params] == grads  # written in place
+        assert all(torch.equal(p.grad, p.detach()) for p in params)
+        assert loss.item() == pytest.approx(0.5 * sum(float((p.detach() ** 2).sum()) for p in params), rel=1e-5)
+        opt = variant.make(params)
+        assert opt.defaults["max_iter"] == options["max_iter"] and opt.defaults["lr"] == options["lr"]
+        state = opt.state[params[0]]
+        opt.step(closure)
+        assert len(state["old_dirs"]) == options["history_size"]
+        for _ in range(3):
+            before = (state["func_evals"], state["n_iter"])
+            opt.step(closure)
+            assert (state["func_evals"] - before[0], state["n_iter"] - before[1]) == (4, 4)
+            assert len(state["old_dirs"]) == options["history_size"]
+        runs.append(params)
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)  # torch and fastoptim: the same bits
+
+
+def test_lbfgs_cell_runs_with_its_closure(tmp_path):
+    """The whole bench on LBFGS alone (tiny sizes): timed rows, the model's bytes, no cold probe."""
+    cfg = runner.BenchConfig(
+        algorithms=["LBFGS"], sets=["tiny", "big"], scale=0.01, json_path=str(tmp_path / "l.json"),
+        markdown_path=str(tmp_path / "l.md"), progress=False, memory=False,
+        **{**runner.BenchConfig.quick_defaults(), "ceiling_mib": 1.0},
+    )  # fmt: skip
+    data = runner.run(cfg)
+    rows = [r for r in data["results"] if r["algorithm"] == "LBFGS"]
+    assert {r["variant"] for r in rows} == {"torch_forloop", "fastoptim"}
+    for r in rows:
+        assert r["error"] is None, r["error"]
+        n = data["param_sets"][r["param_set"]]["n_elements"]
+        assert r["step_bytes"] == 148 * 4 * n == data["byte_model"]["LBFGS"]["bytes_per_element"] * n
+        assert r["time_s"]["n"] >= cfg.rounds
+    assert [c["error"] for c in data["cold"]] == [runner.COLD_UNPROBED["LBFGS"]]
+    assert "| LBFGS | 592 |" in (tmp_path / "l.md").read_text()
 
 
 def test_ceiling_bytes():
@@ -201,7 +289,7 @@ def test_markdown_shows_the_derived_numbers():
                                 "param_bytes": 4_000_000, "dtype": "float32", "largest_shape": [1000, 1000]}},
         "byte_model": {"Adam": {"reads": ["param", "grad"], "writes": ["param"], "tensors_per_element": 7,
                                 "bytes_per_element": 28, "note": ""}},
-        "results": rows, "variant_notes": {"Adam": {}}, "cold": [], "skipped": {"LBFGS": "closure"},
+        "results": rows, "variant_notes": {"Adam": {}}, "cold": [], "skipped": {"Muon": "compute-bound"},
         "method": {"timing": "t", "gbps": "g", "memory": "m", "cold": "c"},
     }  # fmt: skip
     text = report.markdown(data)
@@ -210,7 +298,7 @@ def test_markdown_shows_the_derived_numbers():
     assert "1.00 (0.950–1.10) · 70%" in adam
     assert "| 28.0 | – |" in adam and "1.50× (fused)" in adam  # no cell ceiling in this made-up row
     assert "MALLOC_MMAP_THRESHOLD_=33554432" in text
-    assert "LBFGS: skipped" in text
+    assert "Muon: skipped" in text
     assert "fastoptim bench --only Adam" in text
     assert "1.00 ms" in report.summary(data) or "1.00" in report.summary(data)
 
@@ -283,17 +371,18 @@ def test_only_selects_case_insensitively_and_in_report_order():
     cfg = build_config(_args("--only", "sgd, ADAM"))
     assert cfg.algorithms == ["SGD", "Adam"]
     assert cfg.skipped == {}
-    cfg = build_config(_args("--only", "Adam,LBFGS", "--quick", "--rounds", "5"))
-    assert cfg.algorithms == ["Adam"] and "LBFGS" in cfg.skipped
+    cfg = build_config(_args("--only", "Adam,Muon", "--quick", "--rounds", "5"))
+    assert cfg.algorithms == ["Adam"] and "Muon" in cfg.skipped
     assert cfg.quick and cfg.rounds == 5 and cfg.warmup == runner.BenchConfig.quick_defaults()["warmup"]
-    assert cfg.command == "fastoptim bench --quick --only Adam,LBFGS --rounds 5"
+    assert cfg.command == "fastoptim bench --quick --only Adam,Muon --rounds 5"
+    assert build_config(_args("--only", "lbfgs,adam")).algorithms == ["Adam", "LBFGS"]
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--only", "Adam,Adamm"], "unknown algorithm in --only: Adamm"),
-        (["--only", "LBFGS"], "nothing to bench"),
+        (["--only", "Muon"], "nothing to bench"),
         (["--only", ","], "at least one"),
         (["--sets", "many,huge"], "unknown parameter set"),
         (["--rounds", "0"], "--rounds must be at least 1"),

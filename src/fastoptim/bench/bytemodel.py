@@ -12,6 +12,11 @@ The table is per element, for each algorithm in its *default* configuration
 (the constructor's defaults, which is what the bench runs).  Per-parameter
 scalars (``step``, ASGD's ``eta``/``mu``, NAdam's ``mu_product``) are a few
 bytes per tensor and are left out.
+
+L-BFGS is the exception: a step runs a closure several times and sweeps its
+stored curvature pairs, so its traffic per element depends on ``max_iter`` and
+``history_size`` (:func:`lbfgs_traffic`, the bench's options in
+``variants.BENCH_OPTIONS``).
 """
 
 from __future__ import annotations
@@ -25,9 +30,12 @@ __all__ = [
     "BYTE_MODEL",
     "CEILING",
     "INDEX_BYTES",
+    "CountedTraffic",
     "Traffic",
     "VECTOR_BYTE_MODEL",
     "ceiling_bytes",
+    "lbfgs_traffic",
+    "model_for",
     "traffic_for",
     "step_bytes",
 ]
@@ -112,6 +120,95 @@ VECTOR_BYTE_MODEL: dict[str, Traffic] = {
     "LARS": Traffic(("param", "grad", "momentum_buffer"), ("param", "momentum_buffer"), "< 2-D: no trust ratio"),
 }
 
+@dataclass(frozen=True)
+class CountedTraffic(Traffic):
+    """Traffic whose tensors are read or written several times per step (``reads[i]`` ``read_counts[i]`` times)."""
+
+    read_counts: tuple[int, ...] = ()
+    write_counts: tuple[int, ...] = ()
+
+    @property
+    def tensors_per_element(self) -> int:
+        return sum(self.read_counts) + sum(self.write_counts)
+
+
+def lbfgs_traffic(max_iter: int, history_size: int) -> CountedTraffic:
+    r"""Minimum traffic of one L-BFGS ``step(closure)`` per element of the flat parameter vector.
+
+    The step modelled is the steady state of the bench's configuration: no
+    line search, the history full (``m = history_size`` pairs, each new pair
+    accepted, the oldest dropped), no stopping test firing, so all
+    ``K = max_iter`` iterations run and the closure is evaluated ``K`` times
+    (once before the first iteration, then after every update but the last).
+    L-BFGS keeps flat vectors (torch's state layout), so each evaluation's
+    gradient is gathered into one.  "Minimum" means one streaming pass per
+    step of the algorithm that cannot start before a reduction (a dot product
+    or max) has finished, with everything that can share a pass sharing it,
+    every operand read once per pass and every result written once.  Per
+    iteration, in vectors of ``n`` elements:
+
+    ========================  ======================================================  =========
+    pass(es)                  reads / writes                                          vectors
+    ========================  ======================================================  =========
+    closure                   read θ, write the gradient (bench: g = θ, f = ½‖θ‖²)      2
+    flat gradient             read the gradient, write ``flat_grad`` (and max|g|)       2
+    new pair                  read ``flat_grad``, ``prev_flat_grad``, ``d``;            5
+                              write ``y``, ``s`` (and yᵀs, yᵀy); the new gradient
+                              becomes ``prev_flat_grad`` by renaming, not copying
+    two-loop, first loop      αᵢ = ρᵢ sᵢᵀq fused with the previous pair's               4m + 1
+                              ``q -= α y``: per pair read sᵢ, yᵢ, q, write q; the
+                              first pass reads g twice (q = −g is not stored); the
+                              last writes r = h q (and β₀)
+    two-loop, second loop     ``r += (α−β) sᵢ`` fused with the next βᵢ₊₁ = ρ yᵢ₊₁ᵀr:   4m
+                              read r, sᵢ, yᵢ₊₁, write r; the last pass reads g for
+                              gᵀd (r is the new ``d``)
+    parameter update          read θ and ``d``, write θ (and max|t d|)                  3
+    ========================  ======================================================  =========
+
+    That is ``8m + 13`` vectors per iteration and ``K (8m + 13)`` per step:
+    stored pairs ``K (4m − 1)`` reads, the running q/r ``K (2m − 1)`` reads and
+    ``2mK`` writes, and the rest as listed.  Not counted: the very first
+    iteration of a run (no pair yet) and the first steps while the history
+    fills; per-step scalars.  An implementation with torch's bit-exact results
+    cannot reach it: ``torch.dot`` and ``add_`` are separate passes (10m per
+    iteration for the two-loop instead of 8m + 1), and the closure and the
+    max tests are their own passes.
+    """
+    K, m = max_iter, history_size
+    if K < 1 or m < 1:
+        raise ValueError(f"the L-BFGS byte model needs max_iter >= 1 and history_size >= 1, got {K}, {m}")
+    reads = {
+        "param": 2 * K,
+        "grad": K,
+        "flat_grad": 4 * K,
+        "prev_flat_grad": K,
+        "d": 2 * K,
+        "old_dirs/old_stps": K * (4 * m - 1),
+        "q/r": K * (2 * m - 1),
+    }
+    writes = {"grad": K, "flat_grad": K, "y": K, "s": K, "q/r (d)": 2 * m * K, "param": K}
+    return CountedTraffic(
+        tuple(f"{name} ×{count}" for name, count in reads.items()),
+        tuple(f"{name} ×{count}" for name, count in writes.items()),
+        f"max_iter={K}, history_size={m}, no line search, steady state: K (8m + 13) vectors of n per step",
+        tuple(reads.values()),
+        tuple(writes.values()),
+    )
+
+
+def model_for(algorithm: str, options: dict | None = None) -> Traffic | None:
+    """The byte model of ``algorithm`` run with constructor ``options`` (None if not modelled).
+
+    Per-element algorithms have one fixed model (:data:`BYTE_MODEL`); L-BFGS's
+    depends on ``max_iter`` and ``history_size`` (torch's defaults 20 and 100
+    when not given).
+    """
+    if algorithm == "LBFGS":
+        options = options or {}
+        return lbfgs_traffic(options.get("max_iter", 20), options.get("history_size", 100))
+    return BYTE_MODEL.get(algorithm)
+
+
 #: the bandwidth ceiling's own traffic: ``a.add_(b, alpha=s)`` reads a and b, writes a
 CEILING = Traffic(("a", "b"), ("a",), "in-place read-modify-write, a.add_(b, alpha=s)")
 
@@ -119,13 +216,22 @@ CEILING = Traffic(("a", "b"), ("a",), "in-place read-modify-write, a.add_(b, alp
 INDEX_BYTES = 8
 
 
-def step_bytes(algorithm: str, params: Sequence[Tensor], grads: Iterable[Tensor] | None = None) -> int | None:
+def step_bytes(
+    algorithm: str, params: Sequence[Tensor], grads: Iterable[Tensor] | None = None, options: dict | None = None
+) -> int | None:
     """Minimum bytes one step of ``algorithm`` moves over ``params`` (None if not modelled).
 
     ``grads`` is needed only for sparse gradients (SparseAdam), whose traffic
     is that of the touched elements: their values, the same elements of the
-    parameter and both moments, and the gradient's indices.
+    parameter and both moments, and the gradient's indices.  ``options`` are
+    the constructor's (L-BFGS: ``max_iter``, ``history_size``).
     """
+    if algorithm == "LBFGS":
+        # one flat vector of every element (complex ones as two), in the promoted dtype
+        traffic = model_for(algorithm, options)
+        numel = sum(2 * p.numel() if p.is_complex() else p.numel() for p in params)
+        size = max((p.real if p.is_complex() else p).element_size() for p in params)
+        return traffic.bytes_per_element(size) * numel
     traffic = BYTE_MODEL.get(algorithm)
     if traffic is None:
         return None

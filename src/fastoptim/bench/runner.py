@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from . import bytemodel, memory, paramsets, stats
-from .variants import Variant, variants_for
+from .variants import BENCH_OPTIONS, Variant, closure_for, variants_for
 
 __all__ = ["MALLOC_ENV", "BenchConfig", "malloc_env_is_set", "run"]
 
@@ -223,6 +223,9 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
+#: algorithms the cold-start probe does not run, and why
+COLD_UNPROBED = {"LBFGS": "not probed: the cold-start probe (cold.py) calls step() without the closure LBFGS needs"}
+
 #: the ceiling's key among a cell's participants (never a variant's key)
 CEILING_KEY = "ceiling"
 
@@ -265,7 +268,9 @@ def _run_cell(
         grads = [g.clone() for g in pset.grads]
     for p, g in zip(params, grads):
         p.grad = g
-    nbytes = bytemodel.step_bytes(algorithm, params, grads)
+    nbytes = bytemodel.step_bytes(algorithm, params, grads, options=BENCH_OPTIONS.get(algorithm))
+    # L-BFGS: step(closure), the same closure for every variant (it writes the gradients in place)
+    closure = closure_for(algorithm, params)
 
     rows = {v.key: {"variant": v.key, "label": v.label, "library": v.library, "error": None} for v in variants}
     optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -275,6 +280,10 @@ def _run_cell(
         except Exception as exc:  # noqa: BLE001 - a broken variant is reported, the bench goes on
             rows[v.key]["error"] = _describe_error(exc)
 
+    def stepper(key: str) -> Callable[[], object]:
+        optimizer_step = optimizers[key].step
+        return optimizer_step if closure is None else (lambda: optimizer_step(closure))
+
     last = [None]
     # the ceiling runs in the same rounds, under a key no variant uses
     runners: dict[str, Callable[[], object]] = {CEILING_KEY: ceiling.step}
@@ -283,7 +292,7 @@ def _run_cell(
         _restore_threads(threads, algorithm, pset.name, last[0])
         last[0] = key
         try:
-            return _timed(runners.get(key) or optimizers[key].step)
+            return _timed(runners.get(key) or stepper(key))
         except Exception as exc:  # noqa: BLE001
             rows[key]["error"] = _describe_error(exc)
             del optimizers[key]
@@ -330,7 +339,7 @@ def _run_cell(
             _restore_threads(threads, algorithm, pset.name, last[0])
             last[0] = key
             try:
-                mem[key] = memory.peak_extra(optimizers[key].step, trials=cfg.memory_trials, collect=False)
+                mem[key] = memory.peak_extra(stepper(key), trials=cfg.memory_trials, collect=False)
             except Exception as exc:  # noqa: BLE001
                 rows[key]["error"] = _describe_error(exc)
 
@@ -358,7 +367,7 @@ def _run_cell(
                     row["memory_error"] = mem[v.key]["error"]
         elif row["error"] is None:
             row["error"] = "no timed steps"
-    del optimizers, params, grads
+    del optimizers, params, grads, closure
     gc.collect()
     return list(rows.values())
 
@@ -422,8 +431,9 @@ def _cold_row(algorithm: str, library: str, runs: list[dict], cfg: BenchConfig) 
 def _byte_model_rows(algorithms: list[str]) -> dict[str, bytemodel.Traffic]:
     rows = {}
     for name in algorithms:
-        if name in bytemodel.BYTE_MODEL:
-            rows[name] = bytemodel.BYTE_MODEL[name]
+        model = bytemodel.model_for(name, BENCH_OPTIONS.get(name))  # L-BFGS: set by the bench's options
+        if model is not None:
+            rows[name] = model
         if name in bytemodel.VECTOR_BYTE_MODEL:
             rows[f"{name} (<2-D)"] = bytemodel.VECTOR_BYTE_MODEL[name]
     rows["ceiling"] = bytemodel.CEILING
@@ -502,6 +512,8 @@ def run(cfg: BenchConfig) -> dict:
                 runs: dict[str, list[dict]] = {a: [] for a in cfg.algorithms}
                 # torch's cold start is probed for the algorithms torch.optim has
                 probed = ran if library == "fastoptim" else [a for a in ran if hasattr(torch.optim, a)]
+                # cold.py calls step() with no closure, which L-BFGS cannot take
+                probed = [a for a in probed if a not in COLD_UNPROBED]
                 batches = ([probed] if probed else []) if cfg.cold_one_process else [[a] for a in probed]
                 for batch in batches:
                     # torch's cold start is a reference point only: one process is enough
@@ -511,7 +523,10 @@ def run(cfg: BenchConfig) -> dict:
                             runs[a].append(r)
                     bar.update(len(batch))
                 for a in cfg.algorithms:
-                    if library == "torch" and a in ran and a not in probed:
+                    if a in ran and a in COLD_UNPROBED:
+                        cold.append({"algorithm": a, "library": library, "error": COLD_UNPROBED[a]})
+                        bar.update()
+                    elif library == "torch" and a in ran and a not in probed:
                         bar.update()
                     elif a in ran:
                         cold.append(_cold_row(a, library, runs[a], cfg))

@@ -10,6 +10,11 @@ reference package their tests match (:data:`REFERENCE_PACKAGES`, the one
 hand-written list), in that package's default configuration and, where it has
 one, its for-loop path; they are skipped, with the reason, when the package is
 not installed.
+
+Every algorithm runs in its default configuration except those in
+:data:`BENCH_OPTIONS` (L-BFGS: its work per step is set by ``max_iter`` and
+``history_size``, fixed there), and ``step()`` gets no argument except for the
+algorithms that need a closure (L-BFGS), which get :func:`closure_for`'s.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["ORDER", "REFERENCE_PACKAGES", "SKIP_REASONS", "Variant", "discover_algorithms", "variants_for"]
+__all__ = [
+    "BENCH_OPTIONS",
+    "ORDER",
+    "REFERENCE_PACKAGES",
+    "SKIP_REASONS",
+    "Variant",
+    "closure_for",
+    "discover_algorithms",
+    "variants_for",
+]
 
 #: report order for the algorithms torch.optim has (others follow alphabetically)
 ORDER = [
@@ -46,11 +60,6 @@ REFERENCE_PACKAGES: dict[str, tuple[str, str, dict[str, tuple[str, dict]]]] = {
 
 #: algorithms exported by both libraries that the bench does not time, and why
 SKIP_REASONS = {
-    "LBFGS": (
-        "closure-driven: one step runs up to max_iter=20 closure evaluations and dot products over "
-        "up to history_size=100 stored vectors, so its cost is set by the closure and the history, "
-        "not by a per-element pass over memory; there is no byte model to hold it to"
-    ),
     "Muon": (
         "orthogonalises the momentum with ns_steps=5 Newton-Schulz iterations, i.e. matrix products "
         "of O(rows * cols * min(rows, cols)) flops per step: compute-bound, not bandwidth-bound, so the "
@@ -58,6 +67,49 @@ SKIP_REASONS = {
         "1-D tensors (and one 8192x8192 step would take minutes here)"
     ),
 }
+
+
+#: constructor options the bench gives (both libraries alike) instead of the defaults
+BENCH_OPTIONS: dict[str, dict] = {
+    # L-BFGS's work per step is set by max_iter and the history: fixed small, so that a
+    # step has a known amount of work (4 closures, a full history of 3 pairs from the
+    # second step on: max_iter - 1 >= history_size fills it during the first step) and a
+    # full-size cell takes seconds, not minutes.  lr = 1e-3 shrinks the quadratic's
+    # parameters by ~0.1 % per iteration, and tolerances of 0 keep every stopping test from
+    # firing, so every step runs all max_iter iterations whatever ran before it.
+    "LBFGS": dict(lr=1e-3, max_iter=4, history_size=3, tolerance_grad=0.0, tolerance_change=0.0),
+}
+
+
+def _quadratic_closure(params: list[torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """f(θ) = ½‖θ‖² with its gradient θ copied into the existing ``p.grad`` buffers (no autograd).
+
+    Deterministic, the same for every variant, and cheap: one foreach copy
+    (read θ, write the gradient) and one foreach norm (read θ) per evaluation;
+    it allocates nothing of parameter size.
+    """
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads = [p.grad for p in params]
+
+    def closure() -> torch.Tensor:
+        with torch.no_grad():  # the optimizers call closures with grad enabled
+            torch._foreach_copy_(grads, params)
+            norms = torch._foreach_norm(params)
+            return 0.5 * torch.stack(norms).square().sum()
+
+    return closure
+
+
+#: algorithms whose step() needs a closure -> the closure the bench passes (built per cell)
+_CLOSURES: dict[str, Callable[[list[torch.Tensor]], Callable[[], torch.Tensor]]] = {"LBFGS": _quadratic_closure}
+
+
+def closure_for(algorithm: str, params: list[torch.Tensor]) -> Callable[[], torch.Tensor] | None:
+    """The closure every variant's ``step`` gets for ``algorithm`` on ``params`` (None: ``step()``)."""
+    make = _CLOSURES.get(algorithm)
+    return make(params) if make else None
 
 
 @dataclass(frozen=True)
@@ -121,15 +173,25 @@ def variants_for(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
         return _reference_variants(algorithm)
     torch_cls, ours = getattr(torch.optim, algorithm), getattr(fastoptim, algorithm)
     accepted = inspect.signature(torch_cls).parameters
+    options = BENCH_OPTIONS.get(algorithm, {})
     out: list[Variant] = []
     notes: dict[str, str] = {}
+    if options:
+        notes["options"] = "both libraries: " + ", ".join(f"{k}={v}" for k, v in options.items())
+    if algorithm in _CLOSURES:
+        notes["closure"] = (_CLOSURES[algorithm].__doc__ or "").strip().splitlines()[0]
     if "foreach" in accepted:
         out.append(Variant("torch_forloop", "torch for-loop", "torch", lambda ps: torch_cls(ps, foreach=False)))
         out.append(Variant("torch_foreach", "torch foreach", "torch", lambda ps: torch_cls(ps, foreach=True)))
     else:
-        # SparseAdam: one implementation, a loop over the parameters
-        out.append(Variant("torch_forloop", "torch for-loop", "torch", lambda ps: torch_cls(ps)))
-        notes["torch_foreach"] = "torch has no foreach implementation: its only one loops over the parameters"
+        # SparseAdam, LBFGS: one implementation, a loop over the parameters
+        out.append(Variant("torch_forloop", "torch for-loop", "torch", lambda ps: torch_cls(ps, **options)))
+        notes["torch_foreach"] = (
+            "torch has no foreach implementation: its only one works on one flat vector and loops over "
+            "the parameters to update them"
+            if algorithm == "LBFGS"
+            else "torch has no foreach implementation: its only one loops over the parameters"
+        )
     if "fused" in accepted:
         why_not = _fused_works_on_cpu(torch_cls)
         if why_not is None:
@@ -138,7 +200,7 @@ def variants_for(algorithm: str) -> tuple[list[Variant], dict[str, str]]:
             notes["torch_fused"] = f"fused=True fails on CPU: {why_not}"
     else:
         notes["torch_fused"] = "torch has no fused implementation"
-    out.append(Variant("fastoptim", "fastoptim", "fastoptim", lambda ps: ours(ps)))
+    out.append(Variant("fastoptim", "fastoptim", "fastoptim", lambda ps: ours(ps, **options)))
     return out, notes
 
 
