@@ -10,27 +10,21 @@ from __future__ import annotations
 
 import numba
 
-from ._launch import lerp, load, rounded, store
+from ._launch import lerp, load, rounded, signed_gradient, store
 
 
 @numba.njit(inline="always")
 def adam_moments(grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness):
     """Element ``i``: returns ``(g, θ, m, v)`` after storing the new moments (``m`` as stored).
 
-    ``keep`` = 1 − γλ (decoupled decay), ``lam`` = λ as ``add`` takes it, ``w1``
+    ``l2`` excludes ``decoupled``; ``keep`` = 1 − γλ (decoupled decay), ``lam`` = λ as ``add`` takes it, ``w1``
     = 1 − β₁ (the lerp weight), ``b2``/``w2`` = β₂ and 1 − β₂, all in the
     compute precision.
     """
-    # g ← −g if maximize
-    g = load(grad, i)
-    if maximize:
-        g = -g
-    # weight decay: θ ← θ(1 − γλ) (decoupled, when λ ≠ 0) or g ← g + λθ
-    theta = load(param, i)
+    # g ← −g if maximize;  weight decay: g ← g + λθ, or θ ← θ(1 − γλ) (decoupled, when λ ≠ 0)
+    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
     if decoupled:
         theta = rounded(theta * keep, witness)
-    elif l2:
-        g = rounded(g + lam * theta, witness)
     # m ← lerp(m, g, 1 − β₁)
     m = lerp(load(exp_avg, i), g, w1, one)
     store(exp_avg, i, m)

@@ -405,6 +405,22 @@ def lerp(start, end, weight, one):
     return end - (end - start) * (one - weight)
 
 
+@numba.njit(inline="always")
+def signed_gradient(grad, param, i, maximize, l2, lam, witness):
+    """Element ``i``: ``(g, θ)``, with g ← −g if ``maximize`` and g ← g + λθ if ``l2`` (``lam``: λ as ``add`` takes it).
+
+    The first lines of most reference rules (``grad = -grad if maximize``,
+    ``grad = grad.add(param, alpha=weight_decay)``), written once.
+    """
+    g = load(grad, i)
+    if maximize:
+        g = -g
+    theta = load(param, i)
+    if l2:
+        g = rounded(g + lam * theta, witness)
+    return g, theta
+
+
 # ----------------------------------------------------------------------------- Python side
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)

@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, signed_gradient, store
 
 SCALARS = ("step",)
 BUFFERS = ("square_avg", "acc_delta")
@@ -39,14 +39,8 @@ def _adadelta_kernel(table, hyper, witness, grain):
             square_avg = column(table, t, SQUARE_AVG, lo, n, witness)
             acc_delta = column(table, t, ACC_DELTA, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # g ← g + λθ
-                theta = load(param, i)
-                if l2:
-                    g = rounded(g + lam * theta, witness)
+                # g ← −g if maximize;  g ← g + λθ
+                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
                 # v ← ρv + (1 − ρ)g²
                 v = rounded(load(square_avg, i) * r, witness)
                 v = rounded(v + w * g * g, witness)

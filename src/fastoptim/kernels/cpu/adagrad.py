@@ -13,7 +13,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, signed_gradient, store
 
 SCALARS = ("step",)
 BUFFERS = ("sum",)
@@ -46,14 +46,8 @@ def _adagrad_kernel(table, hyper, witness, grain):
             grad = column(table, t, GRAD, lo, n, witness)
             state_sum = column(table, t, SUM, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # g ← g + λθ
-                theta = load(param, i)
-                if l2:
-                    g = rounded(g + lam * theta, witness)
+                # g ← −g if maximize;  g ← g + λθ
+                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
                 # s ← s + g²
                 acc = load(state_sum, i) + g * g
                 store(state_sum, i, acc)

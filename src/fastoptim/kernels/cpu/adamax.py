@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, lerp, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, lerp, load, plan, rounded, scalar, signed_gradient, store
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_inf")
@@ -50,14 +50,8 @@ def _adamax_kernel(table, hyper, witness, grain):
             exp_avg = column(table, t, EXP_AVG, lo, n, witness)
             exp_inf = column(table, t, EXP_INF, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # g ← g + λθ
-                theta = load(param, i)
-                if l2:
-                    g = rounded(g + lam * theta, witness)
+                # g ← −g if maximize;  g ← g + λθ
+                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
                 # m ← lerp(m, g, 1 − β₁)
                 m = load(exp_avg, i)
                 m = lerp(m, g, w1, one)

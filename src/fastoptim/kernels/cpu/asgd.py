@@ -30,6 +30,7 @@ from ._launch import (
     rounded,
     scalar,
     set_scalar,
+    signed_gradient,
     store,
     store_fence,
     stream_copy,
@@ -93,14 +94,8 @@ def _asgd_kernel(table, hyper, witness, grain):
                 grad = column(table, t, GRAD, lo + b, m, witness)
                 ax = column(table, t, AX, lo + b, m, witness)
                 for i in range(m):
-                    # g ← −g if maximize
-                    g = load(grad, i)
-                    if maximize:
-                        g = -g
-                    # g ← g + λ_wd θ
-                    theta = load(param, i)
-                    if l2:
-                        g = rounded(g + lam * theta, witness)
+                    # g ← −g if maximize;  g ← g + λ_wd θ
+                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
                     # θ ← θ(1 − λη) − ηg
                     theta = rounded(theta * shrink, witness)
                     theta = theta + neg_eta * g

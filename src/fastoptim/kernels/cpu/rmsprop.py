@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, store
+from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, signed_gradient, store
 
 SCALARS = ("step",)
 _COL = columns(SCALARS, ("square_avg", "momentum_buffer", "grad_avg"))
@@ -56,14 +56,8 @@ def _rmsprop_kernel(table, hyper, witness, grain):
             buf = column(table, t, buf_col, lo, n, witness)
             grad_avg = column(table, t, avg_col, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # g ← g + λθ
-                theta = load(param, i)
-                if l2:
-                    g = rounded(g + lam * theta, witness)
+                # g ← −g if maximize;  g ← g + λθ
+                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
                 # v ← αv + (1 − α)g²
                 v = rounded(load(square_avg, i) * a, witness)
                 v = rounded(v + w * g * g, witness)

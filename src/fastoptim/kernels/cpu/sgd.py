@@ -12,7 +12,7 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import FLAG, GRAD, PARAM, Reuse, add_scalar, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store, why_not
+from ._launch import FLAG, GRAD, PARAM, Reuse, add_scalar, column, columns, gather, kernel, launch, load, plan, rounded, scalar, signed_gradient, store, why_not
 
 BUFFERS = ("momentum_buffer",)
 MOMENTUM_BUFFER = columns((), BUFFERS)["momentum_buffer"]
@@ -38,14 +38,8 @@ def _sgd_kernel(table, hyper, witness, grain):
             grad = column(table, t, GRAD, lo, n, witness)
             buf = column(table, t, MOMENTUM_BUFFER if has_momentum else GRAD, lo, n, witness)
             for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # g ← g + λθ (L2 weight decay)
-                theta = load(param, i)
-                if l2:
-                    g = rounded(g + lam * theta, witness)
+                # g ← −g if maximize;  g ← g + λθ (L2 weight decay)
+                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
                 if has_momentum:
                     # b ← g on the first step, else b ← μb + (1 − τ)g
                     if fresh:
