@@ -13,7 +13,9 @@ first step in a process where fastoptim is already imported, which understates
 their cold start.  The full bench starts one process per algorithm.
 
 This file must not import fastoptim before the clock starts: it loads the
-parameter-set builder by path, not through the package.
+parameter-set builder and the bench's per-algorithm options and closures
+(``variants.py``: L-BFGS's ``step`` takes the same closure as in the timed
+cells) by path, not through the package.
 
     python cold.py LIBRARY SET QUICK SCALE DTYPE SEED THREADS ALGORITHM [ALGORITHM ...]
 
@@ -34,11 +36,8 @@ def main(argv):
     if int(threads):
         torch.set_num_threads(int(threads))
 
-    here = Path(__file__).with_name("paramsets.py")
-    spec = importlib.util.spec_from_file_location("_fastoptim_bench_paramsets", here)
-    paramsets = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = paramsets  # dataclasses look their module up there
-    spec.loader.exec_module(paramsets)
+    paramsets = _load_by_path("paramsets")
+    variants = _load_by_path("variants")
 
     pset = paramsets.build(
         set_name, quick=quick == "1", scale=float(scale), dtype=getattr(torch, dtype), seed=int(seed)
@@ -60,13 +59,15 @@ def main(argv):
     import_s = time.perf_counter() - t0
     for i, (algorithm, params) in enumerate(work):
         t1 = time.perf_counter()
-        optimizer = getattr(module, algorithm)(params)
+        optimizer = getattr(module, algorithm)(params, **variants.BENCH_OPTIONS.get(algorithm, {}))
         if callable(getattr(optimizer, "train", None)):
             optimizer.train()  # Schedule-Free steps in train mode only
+        closure = variants.closure_for(algorithm, params)
+        step_args = () if closure is None else (closure,)
         t2 = time.perf_counter()
-        optimizer.step()
+        optimizer.step(*step_args)
         t3 = time.perf_counter()
-        optimizer.step()
+        optimizer.step(*step_args)
         t4 = time.perf_counter()
         own_import = import_s if i == 0 else 0.0
         out[algorithm] = {
@@ -79,6 +80,15 @@ def main(argv):
         }
         del optimizer
     print(json.dumps(out))
+
+
+def _load_by_path(name):
+    """The bench module ``name`` (``paramsets``, ``variants``), loaded from this folder without importing fastoptim."""
+    spec = importlib.util.spec_from_file_location(f"_fastoptim_bench_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
 
 
 if __name__ == "__main__":

@@ -223,9 +223,6 @@ def _describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
 
 
-#: algorithms the cold-start probe does not run, and why
-COLD_UNPROBED = {"LBFGS": "not probed: the cold-start probe (cold.py) calls step() without the closure LBFGS needs"}
-
 #: the ceiling's key among a cell's participants (never a variant's key)
 CEILING_KEY = "ceiling"
 
@@ -512,8 +509,6 @@ def run(cfg: BenchConfig) -> dict:
                 runs: dict[str, list[dict]] = {a: [] for a in cfg.algorithms}
                 # torch's cold start is probed for the algorithms torch.optim has
                 probed = ran if library == "fastoptim" else [a for a in ran if hasattr(torch.optim, a)]
-                # cold.py calls step() with no closure, which L-BFGS cannot take
-                probed = [a for a in probed if a not in COLD_UNPROBED]
                 batches = ([probed] if probed else []) if cfg.cold_one_process else [[a] for a in probed]
                 for batch in batches:
                     # torch's cold start is a reference point only: one process is enough
@@ -523,10 +518,7 @@ def run(cfg: BenchConfig) -> dict:
                             runs[a].append(r)
                     bar.update(len(batch))
                 for a in cfg.algorithms:
-                    if a in ran and a in COLD_UNPROBED:
-                        cold.append({"algorithm": a, "library": library, "error": COLD_UNPROBED[a]})
-                        bar.update()
-                    elif library == "torch" and a in ran and a not in probed:
+                    if library == "torch" and a in ran and a not in probed:
                         bar.update()
                     elif a in ran:
                         cold.append(_cold_row(a, library, runs[a], cfg))
