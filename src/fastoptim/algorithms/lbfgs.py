@@ -239,17 +239,23 @@ class LBFGS(Optimizer):
     def _real_params(self) -> list[Tensor]:
         return [torch.view_as_real(p) if p.is_complex() else p for p in self._params]
 
-    def _check_layout(self, real_params: list[Tensor]) -> tuple:
-        """The flat vector's (dtype, device, per-parameter shapes); drops buffers made for another one."""
+    def _flat_layout(self) -> tuple:
+        """The flat vector's (dtype, device, per-parameter shapes, per-parameter dtypes)."""
+        real_params = self._real_params()
         dtype = functools.reduce(torch.promote_types, (p.dtype for p in real_params))
-        layout = (dtype, real_params[0].device, [tuple(p.shape) for p in real_params], [p.dtype for p in real_params])
+        return dtype, real_params[0].device, [tuple(p.shape) for p in real_params], [p.dtype for p in real_params]
+
+    def _check_layout(self) -> None:
+        """Drop the buffers if they were made for another flat vector (parameters changed shape or dtype)."""
+        layout = self._flat_layout()
         if layout != self._layout:
             self._reset_buffers()
             self._layout = layout
-        return layout
 
     def _new_flat(self) -> _Flat:
-        dtype, device, shapes, _ = self._layout
+        # from the parameters themselves, not self._layout: under torch.compile an
+        # attribute set in this step may not be visible yet after a graph break
+        dtype, device, shapes, _ = self._flat_layout()
         return _Flat(self._numel(), dtype, device, shapes)
 
     def _grad_buffer(self, busy: Tensor | None) -> _Flat:
@@ -416,7 +422,7 @@ class LBFGS(Optimizer):
         current_evals = 1
         state["func_evals"] += 1
 
-        self._check_layout(self._real_params())
+        self._check_layout()
         d = state.get("d")
         t = state.get("t")
         old_dirs = state.get("old_dirs")
