@@ -17,6 +17,7 @@ one covers the case and the reference rule otherwise.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -24,6 +25,9 @@ import torch
 from torch import Tensor
 
 from ..optimizer import Optimizer
+
+_grad_of = operator.attrgetter("grad")
+_is_sparse = operator.attrgetter("is_sparse")
 
 
 class ElementwiseOptimizer(Optimizer):
@@ -47,20 +51,38 @@ class ElementwiseOptimizer(Optimizer):
         """The rule's keyword arguments for one group (override to transform, e.g. split betas)."""
         return {name: group[name] for name in self.rule_options}
 
-    def _check_param(self, param: Tensor, group: dict[str, Any]) -> None:
-        """Reject what the rule cannot handle, before any parameter is touched."""
-        grad = param.grad
-        if grad.is_sparse and not self.supports_sparse_grad:
+    def _check_params(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """Reject what the rule cannot handle, before any parameter is touched.
+
+        The checks every algorithm shares run over the whole list at once (a
+        step pays them for every parameter); then :meth:`_check_group` and
+        :meth:`_check_param`, the algorithm's own, when it has them.
+        """
+        if not params:
+            return
+        if not self.supports_sparse_grad and any(map(_is_sparse, map(_grad_of, params))):
             raise RuntimeError(self._sparse_grad_message())
-        if group.get("fused") and not (param.is_floating_point()):
+        if group.get("fused") and not all(map(Tensor.is_floating_point, params)):
+            param = next(p for p in params if not p.is_floating_point())
             raise RuntimeError(
                 "`fused=True` requires all the params to be floating point Tensors of "
                 f"supported devices: ['mps', 'cuda', 'xpu', 'hpu', 'cpu', 'mtia'] but {param.dtype} and {param.device.type}"
             )
-        if group.get("differentiable") and "step" in self.state.get(param, {}):
-            step = self.state[param]["step"]
-            if isinstance(step, Tensor) and step.requires_grad:
-                raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+        if group.get("differentiable"):
+            for param in params:
+                step = self.state.get(param, {}).get("step")
+                if isinstance(step, Tensor) and step.requires_grad:
+                    raise RuntimeError("`requires_grad` is not supported for `step` in differentiable mode")
+        self._check_group(group)
+        if type(self)._check_param is not ElementwiseOptimizer._check_param:
+            for param in params:
+                self._check_param(param, group)
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """The algorithm's own checks of a group's options (when it has parameters to update)."""
+
+    def _check_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        """The algorithm's own checks of one parameter (with a gradient)."""
 
     def _sparse_grad_message(self) -> str:
         name = type(self).__name__
@@ -80,8 +102,7 @@ class ElementwiseOptimizer(Optimizer):
         work = []
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
-            for p in params:
-                self._check_param(p, group)
+            self._check_params(params, group)
             work.append((group, params))
 
         # An algorithm without initial state (SGD: its momentum buffer is made by the rule) skips the loop.

@@ -43,9 +43,7 @@ class GroupStepOptimizer(ElementwiseOptimizer):
                 loss = closure()
         # Validate everything first: a rejected step leaves the counters alone.
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is not None:
-                    self._check_param(p, group)
+            self._check_params([p for p in group["params"] if p.grad is not None], group)
         for group in self.param_groups:
             self._advance_group(group)
         super().step()

@@ -175,7 +175,6 @@ class Adafactor(ElementwiseOptimizer):
     def _check_param(self, param: Tensor, group: dict) -> None:
         if torch.is_complex(param):
             raise RuntimeError("Adafactor does not support complex parameters")
-        super()._check_param(param, group)
 
     def _init_state(self, param: Tensor, group: dict) -> dict:
         grad = param.grad

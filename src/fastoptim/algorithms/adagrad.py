@@ -183,7 +183,6 @@ class Adagrad(ElementwiseOptimizer):
         return _fresh_state(param, group, self.defaults["initial_accumulator_value"])
 
     def _check_param(self, param: Tensor, group: dict) -> None:
-        super()._check_param(param, group)
         if param.grad.is_sparse:
             if group["fused"]:
                 raise RuntimeError("`fused` does not support sparse grad or complex param")

@@ -194,8 +194,7 @@ class Adam(ElementwiseOptimizer):
     def _sparse_grad_message(self) -> str:
         return f"{type(self).__name__} does not support sparse gradients, please consider SparseAdam instead"
 
-    def _check_param(self, param: Tensor, group: dict) -> None:
-        super()._check_param(param, group)
+    def _check_group(self, group: dict) -> None:
         if group["foreach"] and torch.is_tensor(group["lr"]) and not group["capturable"]:
             raise RuntimeError("lr as a Tensor is not supported for capturable=False and foreach=True")
 

@@ -190,7 +190,6 @@ class ASGD(ElementwiseOptimizer):
         hyper-parameter, ``foreach=True`` or ``capturable=True`` torch computes
         in tensors and never raises (η becomes ``inf``/NaN), and so does fastoptim.
         """
-        super()._check_param(param, group)
         if group["capturable"] or torch.compiler.is_compiling():
             return
         lr, lambd, alpha = as_scalar(group["lr"]), group["lambd"], group["alpha"]

@@ -341,7 +341,6 @@ class Muon(ElementwiseOptimizer):
     def _check_param(self, param: Tensor, group: dict) -> None:
         if torch.is_complex(param):
             raise RuntimeError("Muon does not support complex parameters")
-        super()._check_param(param, group)
         if param.grad.ndim != 2:
             raise ValueError("Param gradient must be a 2D matrix")
         check_newton_schulz_args(group["ns_coefficients"], group["ns_steps"])

@@ -430,9 +430,15 @@ STORAGE = {torch.float32: np.float32, torch.float64: np.float64, torch.bfloat16:
 _WITNESS = {dtype: np.empty(0, storage) for dtype, storage in STORAGE.items()}
 _SCALAR_DTYPES = {torch.float32: 0, torch.float64: 1}
 
-#: elements per chunk: 256 KiB of each float32 array (well inside L2); about
-#: 5 µs of work per chunk, so tensors and threads are balanced
+#: elements per chunk, at least: 256 KiB of each float32 array (well inside L2),
+#: about 5 µs of work
 GRAIN = 1 << 16
+#: ... and at most four times that: numba hands chunks out one at a time, at
+#: about 1.5 µs each, which at GRAIN costs SGD 5 % of its step on 150 tensors
+MAX_GRAIN = 4 * GRAIN
+#: chunks per thread a launch aims at between the two, so that a thread that
+#: falls behind (another process took its core) leaves work to the others
+CHUNKS_PER_THREAD = 8
 
 
 def _dense_strides(t: Tensor) -> tuple[int, ...] | None:
@@ -565,19 +571,26 @@ class Reuse:
       table.  Gradients are held by weak reference, so a cleared gradient is
       freed when ``zero_grad()`` drops it.
 
+    Each check runs over the whole list at once (``map`` of a C getter, then
+    one list comparison): a step that follows a pass over hundreds of MB finds
+    nothing in cache, and every Python operation per parameter costs there.
     Anything else -- another parameter list, a parameter falling back, several
     dtypes in one group -- builds a new table.  The optimizer owns one per
     group (see :func:`fastoptim.kernels.dispatch.update_group`).
     """
 
-    __slots__ = ("names", "params", "marks", "grads", "held", "gathered")
+    __slots__ = ("names", "params", "addresses", "versions", "shapes", "grads", "grad_marks", "held", "held_addresses", "gathered")
 
     def __init__(self) -> None:
         self.names: tuple[str, ...] | None = None
         self.params: list[Tensor] = []
-        self.marks: list[tuple[int, int, torch.Size]] = []  # (address, expected version, shape) per parameter
-        self.grads: list[tuple[Any, int, int]] = []  # (weakref, address, version) per gradient
-        self.held: list[tuple[tuple[Tensor, ...], tuple[int, ...]]] = []  # state tensors and addresses
+        self.addresses: list[int] = []  # per parameter
+        self.versions: list[int] = []  # per parameter: the version expected at the next step
+        self.shapes: list[torch.Size] = []
+        self.grads: list[Any] = []  # weak references
+        self.grad_marks: list[tuple[int, int]] = []  # (address, version) per gradient
+        self.held: list[Tensor] = []  # the state tensors, parameter after parameter
+        self.held_addresses: list[int] = []
         self.gathered: Gathered | None = None
 
     def remember(self, params: Sequence[Tensor], state: Any, names: tuple[str, ...], fetch: Callable, out: Gathered) -> None:
@@ -585,14 +598,15 @@ class Reuse:
         self.gathered = None
         if out.rest or len(out.batches) != 1:
             return
-        self.names, self.params, self.marks, self.grads, self.held = names, list(params), [], [], []
-        for p in params:
-            grad = p.grad
-            held = _held(fetch, state.get(p), len(names))
-            # the launch that follows bumps the parameter's version once
-            self.marks.append((p.data_ptr(), p._version + 1, p.shape))
-            self.grads.append((weakref.ref(grad), grad.data_ptr(), grad._version))
-            self.held.append((held, tuple(map(_data_ptr, held))))
+        grads = list(map(_grad_of, params))
+        self.names, self.params = names, list(params)
+        self.addresses, self.shapes = list(map(_data_ptr, params)), list(map(_shape_of, params))
+        # the launch that follows bumps every parameter's version once
+        self.versions = [version + 1 for version in map(_version_of, params)]
+        self.grads = list(map(weakref.ref, grads))
+        self.grad_marks = list(zip(map(_data_ptr, grads), map(_version_of, grads)))
+        self.held = _held(params, state, fetch, len(names))
+        self.held_addresses = list(map(_data_ptr, self.held))
         self.gathered = out
 
     def recall(
@@ -603,45 +617,57 @@ class Reuse:
         if out is None or names != self.names or len(params) != len(self.params):
             return None
         (batch,) = out.batches.values()
-        table = batch.table()
-        state_get = state.get
-        count = len(names)
-        new_grads: list[tuple[int, int]] = []
         try:
-            for i, (p, old, (address, version, shape), (grad_ref, grad_address, grad_version), (held, addresses)) in enumerate(
-                zip(params, self.params, self.marks, self.grads, self.held)
+            versions = list(map(_version_of, params))
+            if (
+                not all(map(operator.is_, params, self.params))
+                or versions != self.versions
+                or list(map(_data_ptr, params)) != self.addresses
+                or list(map(_shape_of, params)) != self.shapes
             ):
-                if p is not old or p.data_ptr() != address or p._version != version or p.shape != shape:
+                return None
+            held = _held(params, state, fetch, len(names))
+            if not all(map(operator.is_, held, self.held)) or list(map(_data_ptr, held)) != self.held_addresses:
+                return None
+            grads = list(map(_grad_of, params))
+            marks = list(zip(map(_data_ptr, grads), map(_version_of, grads)))
+            known = [ref() for ref in self.grads]
+            if all(map(operator.is_, grads, known)) and marks == self.grad_marks:
+                changed = []
+            else:  # new gradients (after zero_grad()) or rewritten ones: each must still fit its row
+                changed = [i for i, (grad, was) in enumerate(zip(grads, known)) if grad is not was or marks[i] != self.grad_marks[i]]
+                if not all(_grad_fits(params[i], grads[i]) for i in changed):
                     return None
-                now = _held(fetch, state_get(p), count)
-                if any(map(operator.is_not, now, held)) or tuple(map(_data_ptr, now)) != addresses:
-                    return None
-                grad = p.grad
-                if grad is not grad_ref() or grad.data_ptr() != grad_address or grad._version != grad_version:
-                    if not _grad_fits(p, grad):
-                        return None
-                    grad_address = grad.data_ptr()
-                    self.grads[i] = (weakref.ref(grad), grad_address, grad._version)
-                    new_grads.append((i, grad_address))
-                self.marks[i] = (address, version + 1, shape)
         except (KeyError, TypeError, AttributeError, RuntimeError):  # state or gradient no longer fit the table
             return None
-        for i, grad_address in new_grads:
-            table[i, GRAD] = grad_address
+        if changed:
+            table = batch.table()
+            for i in changed:
+                table[i, GRAD] = marks[i][0]
+                self.grads[i] = weakref.ref(grads[i])
+            self.grad_marks = marks
+        self.versions = [version + 1 for version in versions]
         if flag is not None:
-            table[:, FLAG] = [flag(p, state_get(p)) for p in params]
+            state_get = state.get
+            batch.table()[:, FLAG] = [flag(p, state_get(p)) for p in params]
         return out
 
 
 _data_ptr = Tensor.data_ptr
+_grad_of = operator.attrgetter("grad")
+_shape_of = operator.attrgetter("shape")
+_version_of = operator.attrgetter("_version")
 
 
-def _held(fetch: Callable | None, entry: Any, count: int) -> tuple:
-    """The state tensors ``fetch`` picks from a state entry, as a tuple."""
+def _held(params: Sequence[Tensor], state: Any, fetch: Callable | None, count: int) -> list[Tensor]:
+    """The state tensors ``fetch`` picks from each parameter's state entry, parameter after parameter.
+
+    Raises KeyError or TypeError when an entry or one of its tensors is missing.
+    """
     if fetch is None:
-        return ()
-    held = fetch(entry)
-    return (held,) if count == 1 else held
+        return []
+    picked = list(map(fetch, map(state.get, params)))
+    return picked if count == 1 else [tensor for tensors in picked for tensor in tensors]
 
 
 def _grad_fits(p: Tensor, grad: Any) -> bool:
@@ -796,8 +822,13 @@ def _threads(numel: int, wanted: int) -> int:
     return max(1, min(wanted, numba.config.NUMBA_NUM_THREADS, numel // ELEMENTS_PER_THREAD))
 
 
+def _grain(numel: int, threads: int) -> int:
+    """Elements per chunk for a launch: :data:`CHUNKS_PER_THREAD` per thread, within ``GRAIN .. MAX_GRAIN``."""
+    return max(GRAIN, min(MAX_GRAIN, numel // (threads * CHUNKS_PER_THREAD)))
+
+
 def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
-    """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, then bump version counters.
+    """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, and bump the version counters.
 
     Returns what the kernel returns (None for most).
     """
@@ -809,17 +840,22 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
     # One launch at a time per process: numba's workqueue layer is not
     # thread-safe, and two launches would only fight over the same cores.
     wanted = torch.get_num_threads()
+    # Bumped before the launch, while the tensors are still in cache: the
+    # kernel's own traffic evicts them (nothing reads the versions in between).
+    torch._C._increment_version(batch.written)
     with _launch_lock:
-        numba.set_num_threads(_threads(batch.numel, wanted))
+        threads = _threads(batch.numel, wanted)
+        grain = _grain(batch.numel, threads)
+        numba.set_num_threads(threads)
         # Chunks are handed out one at a time, not split evenly up front: on a
         # shared machine a descheduled thread's chunks go to the other threads.
         previous_chunksize = numba.set_parallel_chunksize(1)
         try:
             if key in _warm:
-                result = kernel_fn(table, scalars, batch.witness, GRAIN)
+                result = kernel_fn(table, scalars, batch.witness, grain)
             else:
                 with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
-                    result = kernel_fn(table, scalars, batch.witness, GRAIN)
+                    result = kernel_fn(table, scalars, batch.witness, grain)
                 _warm.add(key)
         finally:
             numba.set_parallel_chunksize(previous_chunksize)
@@ -827,5 +863,4 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
         # numba's OpenMP pool is torch's libgomp: starting it resets the
         # process-wide OpenMP thread count, which torch reports as its own.
         torch.set_num_threads(wanted)
-    torch._C._increment_version(batch.written)
     return result
