@@ -301,6 +301,46 @@ def test_parameters_rejected_like_torch(name):
     assert not problems, f"{name}:\n" + "\n".join(problems)
 
 
+#: the algorithms that take fused=True in torch.optim
+FUSED = [name for name in TORCH_ALGORITHMS if "fused" in inspect.signature(theirs(name)).parameters]
+
+
+def _fused_on_meta_outcome(cls):
+    """A fused optimizer over parameters on the meta device: the first step's error, then a step after
+    the parameters have been materialised on the CPU (the optimizer is the same one)."""
+    with torch.device("meta"):
+        model = torch.nn.Linear(3, 2)
+    optimizer = cls(model.parameters(), lr=0.1, fused=True)
+    with torch.device("meta"):
+        for p in model.parameters():
+            p.grad = torch.ones_like(p)
+    try:
+        optimizer.step()
+        error = None
+    except Exception as exc:  # noqa: BLE001 - type and message are compared
+        error = (type(exc), str(exc))
+    optimizer.zero_grad(set_to_none=True)
+    model.to_empty(device="cpu")
+    with torch.no_grad():
+        for i, p in enumerate(model.parameters()):
+            p.copy_(torch.linspace(-1, 1, p.numel()).reshape(p.shape) * (i + 1))
+            p.grad = torch.full_like(p, 0.5)
+    optimizer.step()
+    return error, [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_params_on_an_unsupported_device_fail_like_torch(name):
+    """fused=True needs floating-point parameters on a device with fused kernels (torch checks the
+    device too, not only the dtype): the step over meta parameters fails with torch's error, and the
+    optimizer still steps once they are real CPU tensors."""
+    their_error, their_params = _fused_on_meta_outcome(theirs(name))
+    our_error, our_params = _fused_on_meta_outcome(ours(name))
+    assert their_error is not None and their_error[0] is RuntimeError
+    assert our_error == their_error
+    torch.testing.assert_close(our_params, their_params)
+
+
 # ---------------------------------------------------------------- load_state_dict
 def _kwargs_for(name: str) -> dict:
     """A configuration with the most state (every optional buffer present)."""

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
+from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ..optimizer import Optimizer
 
@@ -62,12 +63,16 @@ class ElementwiseOptimizer(Optimizer):
             return
         if not self.supports_sparse_grad and any(map(_is_sparse, map(_grad_of, params))):
             raise RuntimeError(self._sparse_grad_message())
-        if group.get("fused") and not all(map(Tensor.is_floating_point, params)):
-            param = next(p for p in params if not p.is_floating_point())
-            raise RuntimeError(
-                "`fused=True` requires all the params to be floating point Tensors of "
-                f"supported devices: ['mps', 'cuda', 'xpu', 'hpu', 'cpu', 'mtia'] but {param.dtype} and {param.device.type}"
-            )
+        if group.get("fused"):
+            # torch's check (torch.optim.optimizer._device_dtype_check_for_fused):
+            # floating point, on a device with fused kernels (not "meta", say).
+            devices = _get_fused_kernels_supported_devices()
+            for param in params:
+                if not (param.is_floating_point() and param.device.type in devices):
+                    raise RuntimeError(
+                        "`fused=True` requires all the params to be floating point Tensors of "
+                        f"supported devices: {devices} but {param.dtype} and {param.device.type}"
+                    )
         if group.get("differentiable"):
             for param in params:
                 step = self.state.get(param, {}).get("step")
