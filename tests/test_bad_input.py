@@ -489,6 +489,21 @@ def test_state_with_a_missing_key_changes_nothing(name):
         assert key in str(error), f"{name}: the error does not name {key!r}: {error}"
 
 
+@pytest.mark.parametrize("name", ALGORITHMS)
+def test_a_second_load_is_accepted(name):
+    """Loading runs torch's ``Optimizer.__setstate__``, which adds ``differentiable`` to the defaults of
+    classes whose groups do not have it (LBFGS, SparseAdam, ...): the next load must still accept the
+    class's own state_dict, as torch.optim does."""
+    optimizer = _stepped(name)
+    saved = copy.deepcopy(optimizer.state_dict())
+    optimizer.load_state_dict(saved)
+    optimizer.load_state_dict(saved)
+    other = _stepped(name, seed=2)
+    other.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    other.load_state_dict(saved)
+    assert other.state_dict()["param_groups"] == saved["param_groups"]
+
+
 #: another optimizer class whose state_dict must be refused, for each class
 DONORS = {name: ("Adam" if name == "SGD" else "SGD") for name in ALGORITHMS}
 

@@ -507,7 +507,12 @@ class Optimizer(torch.optim.Optimizer):
     def _check_loaded_groups(self, saved_groups: list[dict]) -> None:
         """Reject loaded groups that lack an option this class needs (another class's state_dict)."""
         optional = self._backfilled_options | self._options_filled_by_setstate()
-        needed = [name for name in self.defaults if name not in optional]
+        # Only options that this optimizer's own groups carry are needed: torch's
+        # Optimizer.__setstate__ (run by every load) adds "differentiable" to the
+        # defaults of classes whose groups never had it (LBFGS, SparseAdam, ...).
+        needed = [
+            name for name in self.defaults if name not in optional and all(name in group for group in self.param_groups)
+        ]
         for index, saved in enumerate(saved_groups):
             missing = [name for name in needed if name not in saved]
             if missing:
