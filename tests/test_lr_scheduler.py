@@ -989,3 +989,26 @@ def test_warmup_decay_works_with_fastoptim():
 def test_simple_builders_are_named_after_their_scheduler():
     # CLOSED_FORM_CASES finds the scheduler class by the builder's name
     assert {c.build.__name__ for c in RESUMABLE} <= set(our_lrs.__all__) | {"SWALR"}
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+def test_one_cycle_loads_a_state_dict_from_before_torch_2_2(strategy):
+    """torch < 2.2 saved OneCycleLR's annealing function itself ("anneal_func", one of
+    ``OneCycleLR._annealing_cos`` / ``_annealing_linear``) instead of "_anneal_func_type":
+    both names exist on our class, and such a state_dict steps as it does in torch."""
+    runs = []
+    for ns, backend in ((TORCH, "torch"), (OURS, "fastoptim")):
+        opt = make_optimizer("sgd_momentum", backend)
+        sched = ns.OneCycleLR(opt, max_lr=2.0, total_steps=12, anneal_strategy=strategy)
+        del sched._anneal_func_type
+        legacy = sched.state_dict()
+        assert "_anneal_func_type" not in legacy
+        legacy["anneal_func"] = getattr(ns.OneCycleLR, f"_annealing_{strategy}")
+        sched.load_state_dict(legacy)
+        values = []
+        for _ in range(11):
+            opt.step()
+            sched.step()
+            values.append([(float(g["lr"]), g["momentum"]) for g in opt.param_groups])
+        runs.append(values)
+    assert runs[0] == runs[1]

@@ -1012,8 +1012,20 @@ class OneCycleLR(_ClosedFormSteps, LRScheduler):
 
     def _anneal(self, start, end, pct):
         if hasattr(self, "_anneal_func_type"):
-            return schedules.ANNEALERS[self._anneal_func_type](start, end, pct)
+            annealer = schedules.ANNEALERS.get(self._anneal_func_type)
+            if annealer is None:
+                raise ValueError(f"Unknown _anneal_func_type: {self._anneal_func_type}")
+            return annealer(start, end, pct)
         return self.anneal_func(start, end, pct)  # state_dicts from torch < 2.2
+
+    # torch's names.  A state_dict from torch < 2.2 has no "_anneal_func_type" but an
+    # "anneal_func" that is one of these two (torch's tests load one built with
+    # OneCycleLR._annealing_cos), and subclasses may call _anneal_func.
+    _annealing_cos = staticmethod(schedules.anneal_cos)
+    _annealing_linear = staticmethod(schedules.anneal_linear)
+
+    def _anneal_func(self, *args, **kwargs):
+        return self._anneal(*args, **kwargs)
 
     def _values_at(self, step, kind) -> list:
         schedules.check_one_cycle_step(step, self.total_steps)
