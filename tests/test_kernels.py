@@ -391,6 +391,41 @@ def test_backend_selection(monkeypatch):
             pass
 
 
+def _traced_step(lib, name):
+    """``make_fx`` (real tracing) of one step of ``name`` over two parameters; the graph module."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    gen = torch.Generator().manual_seed(0)
+    params = [torch.randn(3, 2, generator=gen).requires_grad_(), torch.randn(2, generator=gen).requires_grad_()]
+    opt = getattr(lib, name)(params)
+    grads = [torch.randn(p.shape, generator=gen) for p in params]
+
+    def step(grads):
+        for p, g in zip(params, grads):
+            p.grad = g
+        opt.step()
+        return params[0] * 1
+
+    return make_fx(step)(grads)
+
+
+#: algorithms whose single-tensor update torch traces (no .item() on the step count) with the same ops
+SAME_GRAPH_AS_TORCH = ["SGD", "Adam", "AdamW", "Adamax", "RAdam"]
+
+
+@pytest.mark.parametrize("name", [n for n in ALGORITHMS if n != "Adagrad"])  # Adagrad reads step.item(), as torch's does
+def test_a_dispatch_mode_sees_the_update(name):
+    """Under a TorchDispatchMode (make_fx here) a kernel would write memory behind the dispatcher: the
+    traced step would lack the update.  The reference rules run instead, so the trace is theirs."""
+    traced = _traced_step(fastoptim, name)
+    with use_backend("reference"):
+        reference = _traced_step(fastoptim, name)
+    assert traced.code == reference.code
+    assert sum(node.op == "call_function" for node in traced.graph.nodes) > 3
+    if name in SAME_GRAPH_AS_TORCH:
+        assert traced.code == _traced_step(torch.optim, name).code
+
+
 def test_thread_count_follows_torch():
     p = torch.randn(600_000, requires_grad=True)
     p.grad = torch.randn(600_000)

@@ -50,14 +50,23 @@ REFERENCE = "reference"
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("fastoptim_backend", default=None)
 
 
+def _dispatch_mode_active() -> bool:
+    """Whether a ``TorchDispatchMode`` is on the stack (one C call)."""
+    return torch._C._len_torch_dispatch_stack() > 0
+
+
 def requested_backend() -> str:
     """The backend asked for: :func:`use_backend` if active, else ``$FASTOPTIM_BACKEND``, else ``auto``.
 
     Under ``torch.compile`` the reference rules run: they are plain tensor ops
     that dynamo traces into the graph, whereas a numba call is opaque to it
     (and reading the context variable would break the graph every step).
+    So they do under a ``TorchDispatchMode`` (``make_fx``, ``FakeTensorMode``,
+    ``FlopCounterMode``, ...): a kernel writes the tensors' memory behind the
+    dispatcher, so the mode would never see the update (make_fx would trace a
+    step without it, as if the optimizer did nothing).
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or _dispatch_mode_active():
         return REFERENCE
     name = _forced.get() or os.environ.get("FASTOPTIM_BACKEND") or "auto"
     if name not in BACKENDS:
@@ -118,6 +127,8 @@ def _group_plan(optimizer: Any, options: dict) -> tuple[Any | None, str | None]:
         return None, reason
     if torch.compiler.is_compiling():
         return None, "torch.compile is tracing the step"
+    if _dispatch_mode_active():
+        return None, "a TorchDispatchMode (make_fx, FakeTensorMode, ...) is active: the update must go through the dispatcher"
     module = _kernel_module(cap)
     if module is None:
         return None, _import_errors[cap.module]
