@@ -619,7 +619,10 @@ class Reuse:
     group (see :func:`fastoptim.kernels.dispatch.update_group`).
     """
 
-    __slots__ = ("names", "params", "addresses", "versions", "shapes", "grads", "grad_marks", "held", "held_addresses", "gathered")
+    __slots__ = (
+        "names", "params", "addresses", "versions", "shapes", "strides", "dtypes",
+        "grads", "grad_addresses", "grad_versions", "held", "held_addresses", "gathered",
+    )
 
     def __init__(self) -> None:
         self.names: tuple[str, ...] | None = None
@@ -627,8 +630,11 @@ class Reuse:
         self.addresses: list[int] = []  # per parameter
         self.versions: list[int] = []  # per parameter: the version expected at the next step
         self.shapes: list[torch.Size] = []
+        self.strides: list[tuple[int, ...]] = []
+        self.dtypes: list[torch.dtype] = []
         self.grads: list[Any] = []  # weak references
-        self.grad_marks: list[tuple[int, int]] = []  # (address, version) per gradient
+        self.grad_addresses: list[int] = []
+        self.grad_versions: list[int] = []
         self.held: list[Tensor] = []  # the state tensors, parameter after parameter
         self.held_addresses: list[int] = []
         self.gathered: Gathered | None = None
@@ -641,10 +647,11 @@ class Reuse:
         grads = list(map(_grad_of, params))
         self.names, self.params = names, list(params)
         self.addresses, self.shapes = list(map(_data_ptr, params)), list(map(_shape_of, params))
+        self.strides, self.dtypes = list(map(_stride_of, params)), list(map(_dtype_of, params))
         # the launch that follows bumps every parameter's version once
         self.versions = [version + 1 for version in map(_version_of, params)]
         self.grads = list(map(weakref.ref, grads))
-        self.grad_marks = list(zip(map(_data_ptr, grads), map(_version_of, grads)))
+        self.grad_addresses, self.grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
         self.held = _held(params, state, fetch, len(names))
         self.held_addresses = list(map(_data_ptr, self.held))
         self.gathered = out
@@ -670,22 +677,21 @@ class Reuse:
             if not all(map(operator.is_, held, self.held)) or list(map(_data_ptr, held)) != self.held_addresses:
                 return None
             grads = list(map(_grad_of, params))
-            marks = list(zip(map(_data_ptr, grads), map(_version_of, grads)))
-            known = [ref() for ref in self.grads]
-            if all(map(operator.is_, grads, known)) and marks == self.grad_marks:
-                changed = []
-            else:  # new gradients (after zero_grad()) or rewritten ones: each must still fit its row
-                changed = [i for i, (grad, was) in enumerate(zip(grads, known)) if grad is not was or marks[i] != self.grad_marks[i]]
-                if not all(_grad_fits(params[i], grads[i]) for i in changed):
-                    return None
+            grad_addresses, grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
+            same = (
+                all(map(operator.is_, grads, [ref() for ref in self.grads]))
+                and grad_addresses == self.grad_addresses
+                and grad_versions == self.grad_versions
+            )
+            # new gradients (after zero_grad(), the usual case) or rewritten ones must still fit their rows
+            if not same and not self._grads_fit(params, grads):
+                return None
         except (KeyError, TypeError, AttributeError, RuntimeError):  # state or gradient no longer fit the table
             return None
-        if changed:
-            table = batch.table()
-            for i in changed:
-                table[i, GRAD] = marks[i][0]
-                self.grads[i] = weakref.ref(grads[i])
-            self.grad_marks = marks
+        if not same:
+            batch.table()[:, GRAD] = grad_addresses
+            self.grads = list(map(weakref.ref, grads))
+            self.grad_addresses, self.grad_versions = grad_addresses, grad_versions
         self.versions = [version + 1 for version in versions]
         if flag is not None:
             state_get = state.get
@@ -693,10 +699,34 @@ class Reuse:
         return out
 
 
+    def _grads_fit(self, params: Sequence[Tensor], grads: list[Any]) -> bool:
+        """Whether new gradients can take the old ones' places (as :func:`why_not` would judge them).
+
+        The usual case in one pass per property: plain CPU dense tensors with
+        their parameters' dtypes, shapes and strides.  Otherwise each gradient
+        is judged on its own (:func:`_grad_fits`: same order of elements).
+        """
+        if (
+            set(map(type, grads)) <= _PLAIN_TYPE_SET
+            and set(map(_layout_of, grads)) <= {_STRIDED}
+            and all(map(_is_cpu_of, grads))
+            and list(map(_dtype_of, grads)) == self.dtypes
+            and list(map(_shape_of, grads)) == self.shapes
+            and list(map(_stride_of, grads)) == self.strides
+        ):
+            return True
+        return all(map(_grad_fits, params, grads))
+
+
 _data_ptr = Tensor.data_ptr
+_stride_of = Tensor.stride
 _grad_of = operator.attrgetter("grad")
 _shape_of = operator.attrgetter("shape")
 _version_of = operator.attrgetter("_version")
+_dtype_of = operator.attrgetter("dtype")
+_layout_of = operator.attrgetter("layout")
+_is_cpu_of = operator.attrgetter("is_cpu")
+_PLAIN_TYPE_SET = frozenset(_PLAIN_TYPES)
 
 
 def _held(params: Sequence[Tensor], state: Any, fetch: Callable | None, count: int) -> list[Tensor]:
