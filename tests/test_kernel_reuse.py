@@ -168,6 +168,22 @@ def test_parameter_narrowed_through_data():
     torch.testing.assert_close(bases[0], bases[1], msg="the elements outside the new view")
 
 
+
+def test_parameter_transposed_through_data():
+    """``p.data = p.data.t()`` on a square matrix: same address, shape and version, but its elements now
+    lie column by column, unlike its state -- with a gradient laid out like it, and then kept."""
+    pair = Pair("Adam", dict(lr=0.1), _params())
+    pair.both(_new_grads(0))
+    pair.step("step 0")
+
+    def transpose(params, _):
+        params[0].data = params[0].data.t()
+        params[0].grad = _grad(params[0], 1, 0).t().contiguous().t()  # column-major, like the parameter
+
+    pair.both(transpose)
+    pair.step("after transposing", backend="auto")  # the parameter falls back to the reference rule
+    pair.step("kept gradient", backend="auto")
+
 def test_in_place_metadata_change_with_kept_gradient():
     """``p.t_()`` keeps address and shape (square) but not the layout: the kept gradient no longer lies like it."""
     pair = Pair("SGD", dict(lr=0.1, momentum=0.9), _params())

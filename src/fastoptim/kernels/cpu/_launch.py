@@ -600,12 +600,14 @@ class Reuse:
     Adam parameter, in Python).  Recalling one checks per parameter only what
     can change between steps behind the table's back:
 
-    * the parameter: its address, its shape, and its version counter (every
-      in-place change of its metadata -- ``resize_``, ``t_``, ``set_`` --
-      bumps it; the expected value counts the launch's own bump);
+    * the parameter: its address, its shape, its element order (contiguity;
+      the strides of one that is not contiguous) -- ``p.data = ...`` changes
+      them without a trace -- and its version counter (every in-place change
+      of its metadata -- ``resize_``, ``t_``, ``set_`` -- bumps it; the
+      expected value counts the launch's own bump);
     * the state tensors: their identity (``load_state_dict`` replaces them)
       and address;
-    * the gradient: identity, address and version.  A new gradient (after
+    * the gradient: identity, address, element order and version.  A new gradient (after
       ``zero_grad()``, the usual case) or a rewritten one is checked against
       its parameter as in :func:`gather`, and its address written into the
       table.  Gradients are held by weak reference, so a cleared gradient is
@@ -620,8 +622,9 @@ class Reuse:
     """
 
     __slots__ = (
-        "names", "params", "addresses", "versions", "shapes", "strides", "dtypes",
-        "grads", "grad_addresses", "grad_versions", "held", "held_addresses", "gathered",
+        "names", "params", "addresses", "versions", "shapes", "strides", "contiguous", "dtypes",
+        "grads", "grad_addresses", "grad_versions", "grad_strides", "grad_contiguous", "held", "held_addresses",
+        "gathered",
     )
 
     def __init__(self) -> None:
@@ -631,10 +634,13 @@ class Reuse:
         self.versions: list[int] = []  # per parameter: the version expected at the next step
         self.shapes: list[torch.Size] = []
         self.strides: list[tuple[int, ...]] = []
+        self.contiguous: list[bool] = []
         self.dtypes: list[torch.dtype] = []
         self.grads: list[Any] = []  # weak references
         self.grad_addresses: list[int] = []
         self.grad_versions: list[int] = []
+        self.grad_strides: list[tuple[int, ...]] = []
+        self.grad_contiguous: list[bool] = []
         self.held: list[Tensor] = []  # the state tensors, parameter after parameter
         self.held_addresses: list[int] = []
         self.gathered: Gathered | None = None
@@ -648,10 +654,12 @@ class Reuse:
         self.names, self.params = names, list(params)
         self.addresses, self.shapes = list(map(_data_ptr, params)), list(map(_shape_of, params))
         self.strides, self.dtypes = list(map(_stride_of, params)), list(map(_dtype_of, params))
+        self.contiguous = list(map(_is_contiguous, params))
         # the launch that follows bumps every parameter's version once
         self.versions = [version + 1 for version in map(_version_of, params)]
         self.grads = list(map(weakref.ref, grads))
         self.grad_addresses, self.grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
+        self.grad_strides, self.grad_contiguous = list(map(_stride_of, grads)), list(map(_is_contiguous, grads))
         self.held = _held(params, state, fetch, len(names))
         self.held_addresses = list(map(_data_ptr, self.held))
         self.gathered = out
@@ -671,6 +679,7 @@ class Reuse:
                 or versions != self.versions
                 or list(map(_data_ptr, params)) != self.addresses
                 or list(map(_shape_of, params)) != self.shapes
+                or _relaid(params, self.contiguous, self.strides)
             ):
                 return None
             held = _held(params, state, fetch, len(names))
@@ -682,9 +691,11 @@ class Reuse:
                 all(map(operator.is_, grads, [ref() for ref in self.grads]))
                 and grad_addresses == self.grad_addresses
                 and grad_versions == self.grad_versions
+                and not _relaid(grads, self.grad_contiguous, self.grad_strides)
             )
             # new gradients (after zero_grad(), the usual case) or rewritten ones must still fit their rows
-            if not same and not self._grads_fit(params, grads):
+            grad_strides = None if same else self._fitting(params, grads)
+            if not same and grad_strides is None:
                 return None
         except (KeyError, TypeError, AttributeError, RuntimeError):  # state or gradient no longer fit the table
             return None
@@ -692,34 +703,45 @@ class Reuse:
             batch.table()[:, GRAD] = grad_addresses
             self.grads = list(map(weakref.ref, grads))
             self.grad_addresses, self.grad_versions = grad_addresses, grad_versions
+            self.grad_strides, self.grad_contiguous = grad_strides, list(map(_is_contiguous, grads))
         self.versions = [version + 1 for version in versions]
         if flag is not None:
             state_get = state.get
             batch.table()[:, FLAG] = [flag(p, state_get(p)) for p in params]
         return out
 
-
-    def _grads_fit(self, params: Sequence[Tensor], grads: list[Any]) -> bool:
-        """Whether new gradients can take the old ones' places (as :func:`why_not` would judge them).
+    def _fitting(self, params: Sequence[Tensor], grads: list[Any]) -> list[tuple[int, ...]] | None:
+        """The strides of new gradients that can take the old ones' places (as :func:`why_not` would judge
+        them); None if one cannot.
 
         The usual case in one pass per property: plain CPU dense tensors with
         their parameters' dtypes, shapes and strides.  Otherwise each gradient
         is judged on its own (:func:`_grad_fits`: same order of elements).
         """
+        if not (set(map(type, grads)) <= _PLAIN_TYPE_SET and set(map(_layout_of, grads)) <= {_STRIDED}):
+            return None
+        strides = list(map(_stride_of, grads))
         if (
-            set(map(type, grads)) <= _PLAIN_TYPE_SET
-            and set(map(_layout_of, grads)) <= {_STRIDED}
-            and all(map(_is_cpu_of, grads))
+            all(map(_is_cpu_of, grads))
             and list(map(_dtype_of, grads)) == self.dtypes
             and list(map(_shape_of, grads)) == self.shapes
-            and list(map(_stride_of, grads)) == self.strides
+            and strides == self.strides
         ):
-            return True
-        return all(map(_grad_fits, params, grads))
+            return strides
+        return strides if all(map(_grad_fits, params, grads)) else None
+
+
+def _relaid(tensors: Sequence[Tensor], contiguous: list[bool], strides: list[tuple[int, ...]]) -> bool:
+    """Whether a tensor's elements lie in another order than ``contiguous`` / ``strides`` say they did."""
+    now = list(map(_is_contiguous, tensors))
+    if now != contiguous:
+        return True
+    return not all(now) and any(t.stride() != was for t, was, c in zip(tensors, strides, now) if not c)
 
 
 _data_ptr = Tensor.data_ptr
 _stride_of = Tensor.stride
+_is_contiguous = Tensor.is_contiguous
 _grad_of = operator.attrgetter("grad")
 _shape_of = operator.attrgetter("shape")
 _version_of = operator.attrgetter("_version")
