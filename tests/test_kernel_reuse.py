@@ -100,6 +100,27 @@ def test_new_kept_and_rewritten_gradients(name, kwargs):
         pair.step(f"step {step}")
 
 
+
+def test_new_gradients_laid_out_unlike_their_parameters():
+    """A new gradient in another element order (column-major) or not dense (a strided view) may not take
+    the old one's row: it is judged on its own, like a new table would judge it."""
+    pair = Pair("Adam", dict(lr=0.01), _params())
+    pair.both(_new_grads(0))
+    pair.step("step 0")
+
+    def odd_layouts(params, _):
+        for i, p in enumerate(params):
+            g = _grad(p, 1, i)
+            if p.dim() == 2:
+                p.grad = g.t().contiguous().t()  # same shape and values, column-major
+            elif p.dim() == 1:
+                p.grad = torch.stack([g, g], 1)[:, 0]  # every other element of a buffer
+
+    pair.both(odd_layouts)
+    pair.step("odd layouts", backend="auto")  # they fall back to the reference rule
+    pair.both(_new_grads(2))
+    pair.step("contiguous again")
+
 def test_the_table_is_reused(monkeypatch):
     """Steady steps recall the table (the other tests here would prove nothing otherwise)."""
     built = []
@@ -146,6 +167,22 @@ def test_parameter_narrowed_through_data():
     pair.step("after narrowing")
     torch.testing.assert_close(bases[0], bases[1], msg="the elements outside the new view")
 
+
+
+def test_parameter_transposed_through_data():
+    """``p.data = p.data.t()`` on a square matrix: same address, shape and version, but its elements now
+    lie column by column, unlike its state -- with a gradient laid out like it, and then kept."""
+    pair = Pair("Adam", dict(lr=0.1), _params())
+    pair.both(_new_grads(0))
+    pair.step("step 0")
+
+    def transpose(params, _):
+        params[0].data = params[0].data.t()
+        params[0].grad = _grad(params[0], 1, 0).t().contiguous().t()  # column-major, like the parameter
+
+    pair.both(transpose)
+    pair.step("after transposing", backend="auto")  # the parameter falls back to the reference rule
+    pair.step("kept gradient", backend="auto")
 
 def test_in_place_metadata_change_with_kept_gradient():
     """``p.t_()`` keeps address and shape (square) but not the layout: the kept gradient no longer lies like it."""

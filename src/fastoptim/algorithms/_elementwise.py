@@ -17,7 +17,6 @@ one covers the case and the reference rule otherwise.
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -26,9 +25,6 @@ from torch import Tensor
 from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
 from ..optimizer import Optimizer
-
-_grad_of = operator.attrgetter("grad")
-_is_sparse = operator.attrgetter("is_sparse")
 
 
 class ElementwiseOptimizer(Optimizer):
@@ -55,13 +51,15 @@ class ElementwiseOptimizer(Optimizer):
     def _check_params(self, params: list[Tensor], group: dict[str, Any]) -> None:
         """Reject what the rule cannot handle, before any parameter is touched.
 
-        The checks every algorithm shares run over the whole list at once (a
-        step pays them for every parameter); then :meth:`_check_group` and
-        :meth:`_check_param`, the algorithm's own, when it has them.
+        The checks every algorithm shares run over the whole list, each in one
+        expression (a step pays them for every parameter; generator
+        expressions, which torch.compile traces, unlike ``map(attrgetter)``);
+        then :meth:`_check_group` and :meth:`_check_param`, the algorithm's
+        own, when it has them.
         """
         if not params:
             return
-        if not self.supports_sparse_grad and any(map(_is_sparse, map(_grad_of, params))):
+        if not self.supports_sparse_grad and any(p.grad.is_sparse for p in params):
             raise RuntimeError(self._sparse_grad_message())
         if group.get("fused"):
             # torch's check (torch.optim.optimizer._device_dtype_check_for_fused):

@@ -277,18 +277,58 @@ def stream_copy(dst, src):
 
 
 @numba.njit(inline="always")
-def tensor_sums(partial, segments, count):
-    """Per tensor, the sum of its segments' rows of ``partial`` (a reduction's per-segment partial sums).
+def windows(table, segments, starts, size):
+    """Group the chunks of :func:`plan` into windows of about ``size`` elements, cut only where a tensor begins.
+
+    Returns ``(chunks, rows)``: window ``w`` is chunks ``chunks[w] ..
+    chunks[w+1]`` and table rows ``rows[w] .. rows[w+1]`` (empty tensors
+    included).  A kernel whose second pass needs per-tensor sums from its
+    first runs both passes window by window, so the second pass finds the
+    window's tensors still in cache instead of reading them from memory again.
+    A tensor bigger than ``size`` gets a window of its own (and no such luck).
+    """
+    nchunk = starts.shape[0] - 1
+    chunks = np.empty(nchunk + 1, np.int64)
+    rows = np.empty(nchunk + 1, np.int64)
+    chunks[0] = 0
+    rows[0] = 0
+    nwindow = 0
+    filled = 0
+    for c in range(nchunk):
+        first = starts[c]
+        elements = 0
+        for s in range(first, starts[c + 1]):
+            elements += segments[s, 2]
+        if filled > 0 and filled + elements > size and segments[first, 1] == 0:
+            nwindow += 1
+            chunks[nwindow] = c
+            rows[nwindow] = segments[first, 0]
+            filled = 0
+        filled += elements
+    nwindow += 1
+    chunks[nwindow] = nchunk
+    rows[nwindow] = table.shape[0]
+    return chunks[: nwindow + 1], rows[: nwindow + 1]
+
+
+#: elements per window of a two-pass kernel (see :func:`windows`): 1M float32
+#: elements of four arrays take 16 MiB, half the L3 of the machines measured
+WINDOW = 1 << 20
+#: chunks a window is cut into (at most), so that its threads stay balanced
+WINDOW_CHUNKS = 16
+
+
+@numba.njit(inline="always")
+def add_sums(sums, partial, segments, first, last):
+    """Add the per-segment partial sums ``partial[first:last]`` into their tensors' rows of ``sums``.
 
     The second half of a norm: a pass fills ``partial[s]`` for each segment
-    ``s`` of :func:`plan`; this adds them up for each of the ``count`` tensors.
+    ``s`` of :func:`plan`; this adds them up per tensor.
     """
-    sums = np.zeros((count, partial.shape[1]), np.float64)
-    for s in range(segments.shape[0]):
+    for s in range(first, last):
         t = segments[s, 0]
         for k in range(partial.shape[1]):
             sums[t, k] += partial[s, k]
-    return sums
 
 
 @intrinsic
@@ -560,12 +600,14 @@ class Reuse:
     Adam parameter, in Python).  Recalling one checks per parameter only what
     can change between steps behind the table's back:
 
-    * the parameter: its address, its shape, and its version counter (every
-      in-place change of its metadata -- ``resize_``, ``t_``, ``set_`` --
-      bumps it; the expected value counts the launch's own bump);
+    * the parameter: its address, its shape, its element order (contiguity;
+      the strides of one that is not contiguous) -- ``p.data = ...`` changes
+      them without a trace -- and its version counter (every in-place change
+      of its metadata -- ``resize_``, ``t_``, ``set_`` -- bumps it; the
+      expected value counts the launch's own bump);
     * the state tensors: their identity (``load_state_dict`` replaces them)
       and address;
-    * the gradient: identity, address and version.  A new gradient (after
+    * the gradient: identity, address, element order and version.  A new gradient (after
       ``zero_grad()``, the usual case) or a rewritten one is checked against
       its parameter as in :func:`gather`, and its address written into the
       table.  Gradients are held by weak reference, so a cleared gradient is
@@ -579,7 +621,11 @@ class Reuse:
     group (see :func:`fastoptim.kernels.dispatch.update_group`).
     """
 
-    __slots__ = ("names", "params", "addresses", "versions", "shapes", "grads", "grad_marks", "held", "held_addresses", "gathered")
+    __slots__ = (
+        "names", "params", "addresses", "versions", "shapes", "strides", "contiguous", "dtypes",
+        "grads", "grad_addresses", "grad_versions", "grad_strides", "grad_contiguous", "held", "held_addresses",
+        "gathered",
+    )
 
     def __init__(self) -> None:
         self.names: tuple[str, ...] | None = None
@@ -587,8 +633,14 @@ class Reuse:
         self.addresses: list[int] = []  # per parameter
         self.versions: list[int] = []  # per parameter: the version expected at the next step
         self.shapes: list[torch.Size] = []
+        self.strides: list[tuple[int, ...]] = []
+        self.contiguous: list[bool] = []
+        self.dtypes: list[torch.dtype] = []
         self.grads: list[Any] = []  # weak references
-        self.grad_marks: list[tuple[int, int]] = []  # (address, version) per gradient
+        self.grad_addresses: list[int] = []
+        self.grad_versions: list[int] = []
+        self.grad_strides: list[tuple[int, ...]] = []
+        self.grad_contiguous: list[bool] = []
         self.held: list[Tensor] = []  # the state tensors, parameter after parameter
         self.held_addresses: list[int] = []
         self.gathered: Gathered | None = None
@@ -601,10 +653,13 @@ class Reuse:
         grads = list(map(_grad_of, params))
         self.names, self.params = names, list(params)
         self.addresses, self.shapes = list(map(_data_ptr, params)), list(map(_shape_of, params))
+        self.strides, self.dtypes = list(map(_stride_of, params)), list(map(_dtype_of, params))
+        self.contiguous = list(map(_is_contiguous, params))
         # the launch that follows bumps every parameter's version once
         self.versions = [version + 1 for version in map(_version_of, params)]
         self.grads = list(map(weakref.ref, grads))
-        self.grad_marks = list(zip(map(_data_ptr, grads), map(_version_of, grads)))
+        self.grad_addresses, self.grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
+        self.grad_strides, self.grad_contiguous = list(map(_stride_of, grads)), list(map(_is_contiguous, grads))
         self.held = _held(params, state, fetch, len(names))
         self.held_addresses = list(map(_data_ptr, self.held))
         self.gathered = out
@@ -624,39 +679,76 @@ class Reuse:
                 or versions != self.versions
                 or list(map(_data_ptr, params)) != self.addresses
                 or list(map(_shape_of, params)) != self.shapes
+                or _relaid(params, self.contiguous, self.strides)
             ):
                 return None
             held = _held(params, state, fetch, len(names))
             if not all(map(operator.is_, held, self.held)) or list(map(_data_ptr, held)) != self.held_addresses:
                 return None
             grads = list(map(_grad_of, params))
-            marks = list(zip(map(_data_ptr, grads), map(_version_of, grads)))
-            known = [ref() for ref in self.grads]
-            if all(map(operator.is_, grads, known)) and marks == self.grad_marks:
-                changed = []
-            else:  # new gradients (after zero_grad()) or rewritten ones: each must still fit its row
-                changed = [i for i, (grad, was) in enumerate(zip(grads, known)) if grad is not was or marks[i] != self.grad_marks[i]]
-                if not all(_grad_fits(params[i], grads[i]) for i in changed):
-                    return None
+            grad_addresses, grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
+            same = (
+                all(map(operator.is_, grads, [ref() for ref in self.grads]))
+                and grad_addresses == self.grad_addresses
+                and grad_versions == self.grad_versions
+                and not _relaid(grads, self.grad_contiguous, self.grad_strides)
+            )
+            # new gradients (after zero_grad(), the usual case) or rewritten ones must still fit their rows
+            grad_strides = None if same else self._fitting(params, grads)
+            if not same and grad_strides is None:
+                return None
         except (KeyError, TypeError, AttributeError, RuntimeError):  # state or gradient no longer fit the table
             return None
-        if changed:
-            table = batch.table()
-            for i in changed:
-                table[i, GRAD] = marks[i][0]
-                self.grads[i] = weakref.ref(grads[i])
-            self.grad_marks = marks
+        if not same:
+            batch.table()[:, GRAD] = grad_addresses
+            self.grads = list(map(weakref.ref, grads))
+            self.grad_addresses, self.grad_versions = grad_addresses, grad_versions
+            self.grad_strides, self.grad_contiguous = grad_strides, list(map(_is_contiguous, grads))
         self.versions = [version + 1 for version in versions]
         if flag is not None:
             state_get = state.get
             batch.table()[:, FLAG] = [flag(p, state_get(p)) for p in params]
         return out
 
+    def _fitting(self, params: Sequence[Tensor], grads: list[Any]) -> list[tuple[int, ...]] | None:
+        """The strides of new gradients that can take the old ones' places (as :func:`why_not` would judge
+        them); None if one cannot.
+
+        The usual case in one pass per property: plain CPU dense tensors with
+        their parameters' dtypes, shapes and strides.  Otherwise each gradient
+        is judged on its own (:func:`_grad_fits`: same order of elements).
+        """
+        if not (set(map(type, grads)) <= _PLAIN_TYPE_SET and set(map(_layout_of, grads)) <= {_STRIDED}):
+            return None
+        strides = list(map(_stride_of, grads))
+        if (
+            all(map(_is_cpu_of, grads))
+            and list(map(_dtype_of, grads)) == self.dtypes
+            and list(map(_shape_of, grads)) == self.shapes
+            and strides == self.strides
+        ):
+            return strides
+        return strides if all(map(_grad_fits, params, grads)) else None
+
+
+def _relaid(tensors: Sequence[Tensor], contiguous: list[bool], strides: list[tuple[int, ...]]) -> bool:
+    """Whether a tensor's elements lie in another order than ``contiguous`` / ``strides`` say they did."""
+    now = list(map(_is_contiguous, tensors))
+    if now != contiguous:
+        return True
+    return not all(now) and any(t.stride() != was for t, was, c in zip(tensors, strides, now) if not c)
+
 
 _data_ptr = Tensor.data_ptr
+_stride_of = Tensor.stride
+_is_contiguous = Tensor.is_contiguous
 _grad_of = operator.attrgetter("grad")
 _shape_of = operator.attrgetter("shape")
 _version_of = operator.attrgetter("_version")
+_dtype_of = operator.attrgetter("dtype")
+_layout_of = operator.attrgetter("layout")
+_is_cpu_of = operator.attrgetter("is_cpu")
+_PLAIN_TYPE_SET = frozenset(_PLAIN_TYPES)
 
 
 def _held(params: Sequence[Tensor], state: Any, fetch: Callable | None, count: int) -> list[Tensor]:
