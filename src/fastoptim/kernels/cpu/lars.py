@@ -47,6 +47,7 @@ from ._launch import (
     scalar,
     store,
     windows,
+    zeros,
 )
 
 BUFFERS = ("momentum_buffer",)
@@ -78,9 +79,9 @@ def _lars_kernel(table, hyper, witness, grain):
     damp = add_scalar(one_minus_dampening, witness)
     segments, starts = plan(table, min(grain, window // WINDOW_CHUNKS))
     chunks, rows = windows(table, segments, starts, window)
-    partial = np.zeros((segments.shape[0], 2), np.float64)
-    sums = np.zeros((table.shape[0], 2), np.float64)
-    ratios = np.ones(table.shape[0], np.float64)
+    partial = zeros(segments.shape[0], 2)
+    sums = zeros(table.shape[0], 2)
+    ratios = np.empty(table.shape[0], np.float64)
     for w in range(chunks.shape[0] - 1):
         # pass 1: Σθ², Σg² per segment of every matrix (‖−g‖ = ‖g‖: maximize needs no sign)
         for c in prange(chunks[w], chunks[w + 1]):
@@ -102,6 +103,7 @@ def _lars_kernel(table, hyper, witness, grain):
         # r per matrix, in the tensor's precision
         add_sums(sums, partial, segments, starts[chunks[w]], starts[chunks[w + 1]])
         for t in range(rows[w], rows[w + 1]):
+            ratios[t] = 1.0
             if table[t, FLAG] != 0:
                 ratios[t] = np.float64(_ratio(sums[t, 0], sums[t, 1], weight_decay, trust_coefficient, witness))
         # pass 2: the update
