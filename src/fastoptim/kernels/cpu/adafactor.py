@@ -1,0 +1,509 @@
+"""Adafactor on the CPU: :func:`fastoptim.algorithms.adafactor.adafactor_reference` as parallel passes in one launch.
+
+A matrix's update needs its whole gradient's row and column means (the
+factored variance), and every update is scaled by the RMS of the parameter
+and clipped by the RMS of the update itself, so no weight can move before
+three reductions are done.  One launch makes the passes over the group:
+
+1. per chunk segment, Σθ² of every tensor; for a vector, the EMA of g²
+   (stored) and Σu² (its update needs nothing else); for a matrix, the sums
+   of g² along each line of memory and each position across lines;
+2. per matrix, the line and position sums completed, turned into means
+   (``norm².div(size)`` as the reference does), the EMAs ``row_var`` /
+   ``col_var`` updated and ``r̄ = max(mean(row_var), ε₁)`` formed;
+3. per segment of every matrix, Σu² from the new factors (u is rebuilt
+   element by element from ``row_var ⊗ col_var / r̄`` and g);
+4. per tensor, α = max(ε₂, RMS(θ))·ρ and the clip max(1, RMS(u)/d) (in
+   float64, as the reference's Python floats);
+5. the weights move: θ ← θ(1 − γλ) − α/clip · u, u rebuilt once more.
+
+The row and column sums are parallel over the same chunks as everything
+else.  A matrix is walked in memory order, line by line (a line is a row, or
+for a transposed matrix a column): a line wholly inside a segment writes its
+sum where it belongs, and so does a whole matrix its position sums (a batch
+of small matrices, such as a convolution's 3×3 kernels).  What a segment
+holds of a matrix it shares with other segments -- at most one partial line
+at each end, and the positions of at most one partial matrix at each end --
+goes to the segment's own slots, which the segment holding the matrix's
+first element adds in (2) before it uses the sums.  Chunks are at least 64
+lines long, so those slots cost at most a few per cent of the traffic.  The
+sums are taken in float64 in the kernel's own order, not torch's, so the
+factors -- and through them the weights -- agree with the reference rule to
+rounding.
+
+Each pass body follows the reference rule section by section (same
+comments); ``rounded`` marks where the reference materialises an
+intermediate tensor (a no-op unless the parameters are bfloat16).  Empty
+parameters (the reference raises), layouts other than contiguous or
+transposed in the last two dimensions, and a tensor ``lr`` of a dtype other
+than float32 / float64 are left to the reference rule.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+from torch import Tensor
+
+from fastoptim.algorithms._rules import as_scalar
+
+from ._launch import (
+    FLAG,
+    GRAD,
+    NUMEL,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    helper,
+    kernel,
+    launch,
+    lerp,
+    load,
+    plan,
+    rounded,
+    scalar,
+    store,
+    why_not,
+)
+
+SCALARS = ("step",)
+#: address columns this module adds to gather's rows: a vector's variance; a matrix's
+#: factor along its lines of memory and its factor across them (row_var and col_var,
+#: swapped for a transposed matrix)
+ADDRESSES = ("variance", "line_var", "pos_var")
+_COL = columns(SCALARS, ADDRESSES)
+STEP, VARIANCE, LINE_VAR, POS_VAR = (_COL[k] for k in (*SCALARS, *ADDRESSES))
+#: then a matrix's shape in memory order: lines per matrix, elements per line
+LINES, INNER = POS_VAR + 1, POS_VAR + 2
+#: FLAG: how the parameter is factored
+VECTOR, MATRIX, TRANSPOSED = 0, 1, 2
+#: a chunk spans at least this many lines of its widest matrix (see the module docstring)
+LINES_PER_CHUNK = 64
+
+
+# ----------------------------------------------------------------------------- scalars
+
+
+@helper
+def _lerp_weights(steps, beta2_decay):
+    """Per tensor: ``1 − β̂₂ₜ = t^τ``, the weight of the new g² (float64, as the reference)."""
+    out = np.empty(steps.shape[0], np.float64)
+    for t in range(steps.shape[0]):
+        out[t] = steps[t] ** beta2_decay
+    return out
+
+
+@helper
+def _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness):
+    """Per tensor: ``−α/clip``, the reference's Python-float arithmetic on its norms.
+
+    ρ = min(γ, 1/√t), α = max(ε₂, RMS(θ))·ρ, clip = max(1, RMS(u)/d); the
+    norms are rounded to the tensor's dtype first (``norm(2).item()``).  A
+    float32 tensor ``lr`` makes ρ, and then α, 0-dim float32 tensors: their
+    arithmetic is float32's.
+    """
+    out = np.empty(steps.shape[0], np.float64)
+    for t in range(steps.shape[0]):
+        root = table[t, NUMEL] ** 0.5
+        rms = np.float64(rounded(scalar(np.sqrt(sums[t, 0]), witness), witness)) / root
+        # max(ε₂, RMS(θ)) and max(1, RMS(u)/d): Python's max keeps the first unless the second is larger (NaN is not)
+        floor = rms if rms > eps2 else eps2
+        ratio = np.float64(rounded(scalar(np.sqrt(sums[t, 1]), witness), witness)) / (root * d)
+        clip = ratio if ratio > 1.0 else 1.0
+        # ρ = min(γ, 1/√t): γ unless 1/√t is smaller
+        inverse = 1 / (steps[t] ** 0.5)
+        if lr_f32:
+            if np.float32(inverse) < np.float32(lr):
+                out[t] = -(floor * inverse) / clip
+            else:
+                alpha = np.float32(np.float32(floor) * np.float32(lr))
+                out[t] = np.float64(np.float32(-alpha / np.float32(clip)))
+        else:
+            rho = inverse if inverse < lr else lr
+            out[t] = -(floor * rho) / clip
+    return out
+
+
+# ----------------------------------------------------------------------------- elements
+
+
+@numba.njit(inline="always")
+def _mean_square(total, size, witness):
+    """``norm(g, dim).square_().div_(size)`` from the sum of squares along ``dim``."""
+    norm = rounded(scalar(np.sqrt(total), witness), witness)
+    return rounded(rounded(norm * norm, witness) / scalar(size, witness), witness)
+
+
+@numba.njit(inline="always")
+def _estimate(line_factor, pos_factor, row_mean, witness):
+    """V̂ = (row_var @ col_var) / r̄, one element (the product is the same either way round)."""
+    return rounded(rounded(line_factor * pos_factor, witness) / row_mean, witness)
+
+
+@numba.njit(inline="always")
+def _update(var, g, floor, one, witness):
+    """u = max(V̂, ε₁²)^(−½) · g (the clamp keeps NaN, as torch's)."""
+    if var < floor:
+        var = floor
+    return rounded(rounded(one / rounded(np.sqrt(var), witness), witness) * g, witness)
+
+
+@numba.njit(inline="always")
+def _piece(k, end, inner, lines):
+    """The run of elements from ``k`` on that stays in one line: ``(line, offset in it, stop, matrix)``."""
+    line = k // inner
+    return line, k - line * inner, min(end, (line + 1) * inner), line // lines
+
+
+@numba.njit(inline="always")
+def _ends(lo, n, size):
+    """The first and last block of ``size`` elements a segment touches, and whether the segment holds only part of each.
+
+    Blocks are lines (size: a line's length) or matrices (size: lines × length).
+    """
+    first, last = lo // size, (lo + n - 1) // size
+    first_partial = lo != first * size or lo + n < (first + 1) * size
+    last_partial = last != first and lo + n != (last + 1) * size
+    return first, first_partial, last, last_partial
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+@kernel
+def _adafactor_kernel(table, hyper, witness, grain):
+    lr, lr_f32, beta2_decay, eps1, eps2 = hyper[0], hyper[1] != 0, hyper[2], hyper[3], hyper[4]
+    d, decay, maximize = hyper[5], hyper[6], hyper[7] != 0
+    decays = decay != 1.0
+    keep = scalar(decay, witness)
+    one = scalar(1.0, witness)
+    row_floor = rounded(scalar(eps1, witness), witness)  # clamp_(min=ε₁)
+    var_floor = rounded(scalar(eps1 * eps1, witness), witness)  # clamp_(min=ε₁²)
+    steps = bump_steps(table, STEP)
+    lerp_weights = _lerp_weights(steps, beta2_decay)
+    count = table.shape[0]
+    # where each matrix's line sums, position sums and r̄ go
+    line_at = np.zeros(count + 1, np.int64)
+    pos_at = np.zeros(count + 1, np.int64)
+    batch_at = np.zeros(count + 1, np.int64)
+    widest = 0
+    for t in range(count):
+        lines, inner = table[t, LINES], table[t, INNER]
+        matrices = table[t, NUMEL] // (lines * inner) if table[t, FLAG] != VECTOR else 0
+        line_at[t + 1] = line_at[t] + matrices * lines
+        pos_at[t + 1] = pos_at[t] + matrices * inner
+        batch_at[t + 1] = batch_at[t] + matrices
+        if matrices:
+            widest = max(widest, inner)
+    segments, starts = plan(table, max(grain, LINES_PER_CHUNK * widest))
+    nseg = segments.shape[0]
+    # each matrix segment's slots: the positions of a partial matrix at either end
+    slot_at = np.zeros(nseg + 1, np.int64)
+    for s in range(nseg):
+        t = segments[s, 0]
+        slot_at[s + 1] = slot_at[s] + (2 * table[t, INNER] if table[t, FLAG] != VECTOR else 0)
+    line_sq = np.zeros(line_at[count], np.float64)
+    pos_sq = np.zeros(pos_at[count], np.float64)
+    line_part = np.zeros((nseg, 2), np.float64)
+    pos_part = np.zeros(slot_at[nseg], np.float64)
+    row_means = np.empty(batch_at[count], np.float64)
+    partial = np.zeros((nseg, 2), np.float64)
+
+    # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            param = column(table, t, PARAM, lo, n, witness)
+            grad = column(table, t, GRAD, lo, n, witness)
+            weights = 0.0
+            for i in range(n):
+                theta = np.float64(load(param, i))
+                weights += theta * theta
+            partial[s, 0] = weights
+            if table[t, FLAG] == VECTOR:
+                w = scalar(lerp_weights[t], witness)
+                variance = column(table, t, VARIANCE, lo, n, witness)
+                updates = 0.0
+                for i in range(n):
+                    # G ← −g if maximize
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    # V̂ ← lerp(V̂, G², t^τ)
+                    v = rounded(lerp(load(variance, i), rounded(g * g, witness), w, one), witness)
+                    store(variance, i, v)
+                    u = _update(v, g, var_floor, one, witness)
+                    updates += np.float64(u) * np.float64(u)
+                partial[s, 1] = updates
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            size = lines * inner
+            line_first, _, line_last, _ = _ends(lo, n, inner)
+            head, head_partial, tail, tail_partial = _ends(lo, n, size)
+            k = lo
+            while k < lo + n:
+                line, offset, stop, b = _piece(k, lo + n, inner, lines)
+                # a matrix held whole sums its positions in place; a partial one, in this segment's slot
+                sums, at = pos_sq, pos_at[t] + b * inner + offset - (k - lo)
+                if b == head and head_partial:
+                    sums, at = pos_part, slot_at[s] + offset - (k - lo)
+                elif b == tail and tail_partial:
+                    sums, at = pos_part, slot_at[s] + inner + offset - (k - lo)
+                total = 0.0
+                for i in range(k - lo, stop - lo):
+                    g = np.float64(load(grad, i))
+                    total += g * g
+                    sums[at + i] += g * g
+                if stop - k == inner:
+                    line_sq[line_at[t] + line] = total
+                elif line == line_first:
+                    line_part[s, 0] = total
+                else:
+                    line_part[s, 1] = total
+                k = stop
+
+    # pass 2: per matrix (taken by the segment holding its first element)
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            if table[t, FLAG] == VECTOR:
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            size = lines * inner
+            w = scalar(lerp_weights[t], witness)
+            for b in range((lo + size - 1) // size, (lo + n - 1) // size + 1):
+                # the sums of the lines and positions other segments hold part of
+                for s2 in range(s, nseg):
+                    if segments[s2, 0] != t or segments[s2, 1] >= (b + 1) * size:
+                        break
+                    lo2, n2 = segments[s2, 1], segments[s2, 2]
+                    first, _, last, _ = _ends(lo2, n2, inner)
+                    if first // lines == b:
+                        line_sq[line_at[t] + first] += line_part[s2, 0]
+                    if last != first and last // lines == b:
+                        line_sq[line_at[t] + last] += line_part[s2, 1]
+                    head, _, tail, _ = _ends(lo2, n2, size)
+                    for end in range(2):
+                        if (head if end == 0 else tail) == b and (end == 0 or tail != head):
+                            sums = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+                            slot = pos_part[slot_at[s2] + end * inner : slot_at[s2] + (end + 1) * inner]
+                            for j in range(inner):
+                                sums[j] += slot[j]
+                # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
+                line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
+                for j in range(lines):
+                    mean = _mean_square(line_sq[line_at[t] + b * lines + j], inner, witness)
+                    store(line_var, j, rounded(lerp(load(line_var, j), mean, w, one), witness))
+                pos_var = column(table, t, POS_VAR, b * inner, inner, witness)
+                for j in range(inner):
+                    mean = _mean_square(pos_sq[pos_at[t] + b * inner + j], lines, witness)
+                    store(pos_var, j, rounded(lerp(load(pos_var, j), mean, w, one), witness))
+                # r̄ ← max(mean_rows R, ε₁)  (R lies along the lines, or across them when transposed)
+                row_var = pos_var if table[t, FLAG] == TRANSPOSED else line_var
+                total = 0.0
+                for j in range(row_var.shape[0]):
+                    total += np.float64(load(row_var, j))
+                row_mean = rounded(scalar(total / row_var.shape[0], witness), witness)
+                if row_mean < row_floor:
+                    row_mean = row_floor
+                row_means[batch_at[t] + b] = np.float64(row_mean)
+
+    # pass 3: Σu² of every matrix, u from the new factors
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            if table[t, FLAG] == VECTOR:
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            grad = column(table, t, GRAD, lo, n, witness)
+            line_vars = column(table, t, LINE_VAR, 0, line_at[t + 1] - line_at[t], witness)
+            pos_vars = column(table, t, POS_VAR, 0, pos_at[t + 1] - pos_at[t], witness)
+            updates = 0.0
+            k = lo
+            while k < lo + n:
+                line, offset, stop, b = _piece(k, lo + n, inner, lines)
+                line_factor = load(line_vars, line)
+                row_mean = scalar(row_means[batch_at[t] + b], witness)
+                at = b * inner + offset - (k - lo)
+                for i in range(k - lo, stop - lo):
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    u = _update(_estimate(line_factor, load(pos_vars, at + i), row_mean, witness), g, var_floor, one, witness)
+                    updates += np.float64(u) * np.float64(u)
+                k = stop
+            partial[s, 1] = updates
+
+    # α/clip per tensor
+    sums = np.zeros((count, 2), np.float64)
+    for s in range(nseg):
+        sums[segments[s, 0], 0] += partial[s, 0]
+        sums[segments[s, 0], 1] += partial[s, 1]
+    scales = _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness)
+
+    # pass 4: θ ← θ(1 − γλ) − α/clip · u
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            step = add_scalar(scales[t], witness)
+            param = column(table, t, PARAM, lo, n, witness)
+            grad = column(table, t, GRAD, lo, n, witness)
+            if table[t, FLAG] == VECTOR:
+                variance = column(table, t, VARIANCE, lo, n, witness)
+                for i in range(n):
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    theta = load(param, i)
+                    if decays:
+                        theta = rounded(theta * keep, witness)
+                    store(param, i, theta + step * _update(load(variance, i), g, var_floor, one, witness))
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            line_vars = column(table, t, LINE_VAR, 0, line_at[t + 1] - line_at[t], witness)
+            pos_vars = column(table, t, POS_VAR, 0, pos_at[t + 1] - pos_at[t], witness)
+            k = lo
+            while k < lo + n:
+                line, offset, stop, b = _piece(k, lo + n, inner, lines)
+                line_factor = load(line_vars, line)
+                row_mean = scalar(row_means[batch_at[t] + b], witness)
+                at = b * inner + offset - (k - lo)
+                for i in range(k - lo, stop - lo):
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    theta = load(param, i)
+                    if decays:
+                        theta = rounded(theta * keep, witness)
+                    u = _update(_estimate(line_factor, load(pos_vars, at + i), row_mean, witness), g, var_floor, one, witness)
+                    store(param, i, theta + step * u)
+                k = stop
+
+
+# ----------------------------------------------------------------------------- Python side
+
+
+def _layout(p: Tensor, entry) -> int:
+    """FLAG: a vector (fewer than two dimensions), a matrix stored row by row, or one stored column by column."""
+    if p.dim() < 2:
+        return VECTOR
+    return MATRIX if p.is_contiguous() else TRANSPOSED
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _factor_fits(factor, p: Tensor, shape: tuple) -> bool:
+    return (
+        type(factor) in _PLAIN
+        and factor.dtype is p.dtype
+        and factor.is_cpu
+        and factor.layout is torch.strided
+        and factor.shape == shape
+        and factor.is_contiguous()
+    )
+
+
+def _own_columns(p: Tensor, entry, dry_run: bool):
+    """This module's columns of ``p``'s row and the state tensors they point to -- or why the kernel cannot take ``p``."""
+    if p.numel() == 0:
+        return "an empty parameter (the reference rule raises, as torch's does)"
+    if p.dim() < 2:
+        if dry_run and not entry:
+            return [0, 0, 0, 1, p.numel()], ()
+        variance = entry.get("variance")
+        reason = why_not(p, p.grad if p.grad is not None else p, (variance,))
+        if reason is not None:
+            return reason
+        return [variance.data_ptr(), 0, 0, 1, p.numel()], (variance,)
+    transposed = not p.is_contiguous()
+    if transposed and not p.transpose(-1, -2).is_contiguous():
+        return "a layout other than contiguous, or contiguous but for the last two dimensions swapped"
+    lines, inner = (p.shape[-1], p.shape[-2]) if transposed else (p.shape[-2], p.shape[-1])
+    if dry_run and not entry:
+        return [0, 0, 0, lines, inner], ()
+    row_var, col_var = entry.get("row_var"), entry.get("col_var")
+    if not (_factor_fits(row_var, p, (*p.shape[:-1], 1)) and _factor_fits(col_var, p, (*p.shape[:-2], 1, p.shape[-1]))):
+        return "row_var / col_var are not contiguous tensors of the parameter's dtype, shaped as Adafactor makes them"
+    line_var, pos_var = (col_var, row_var) if transposed else (row_var, col_var)
+    return [0, line_var.data_ptr(), pos_var.data_ptr(), lines, inner], (row_var, col_var)
+
+
+def _lr_reason(options: dict) -> str | None:
+    lr = options["lr"]
+    if isinstance(lr, Tensor) and lr.dtype not in (torch.float32, torch.float64):
+        return f"lr is a {lr.dtype} tensor (the reference's scalar arithmetic runs in that dtype)"
+    return None
+
+
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
+    """Sort the parameters (kernel batches, and the ``rest`` left to the reference rule); FLAG is the layout.
+
+    gather() checks each parameter, its gradient and its step; this adds each
+    row's state addresses and matrix shape, checked every step (a recalled
+    table gets them written afresh: the state tensors may have been replaced).
+    """
+    reason = _lr_reason(options)
+    if reason is not None:
+        out = gather((), state)
+        out.rest, out.reasons = list(params), [reason]
+        return out
+    out = gather(params, state, scalars=SCALARS, flag=_layout, dry_run=dry_run, reuse=reuse)
+    left = set(map(id, out.rest))
+    taken = [p for p in params if id(p) not in left]
+    found = [_own_columns(p, state.get(p) or {}, dry_run) for p in taken]
+    failed = [(p, why) for p, why in zip(taken, found) if isinstance(why, str)]
+    if failed:
+        if dry_run:
+            for p, why in failed:
+                out.leave(p, why)
+            return out
+        if reuse is not None:
+            reuse.gathered = None  # not a table to recall
+        bad = {id(p) for p, _ in failed}
+        out = gather([p for p in params if id(p) not in bad], state, scalars=SCALARS, flag=_layout)
+        for p, why in failed:
+            out.leave(p, why)
+        left = set(map(id, out.rest))
+        pairs = [(p, cols) for p, cols in zip(taken, found) if id(p) not in left and not isinstance(cols, str)]
+    else:
+        pairs = list(zip(taken, found))
+    if dry_run:
+        return out
+    for dtype, batch in out.batches.items():
+        mine = [cols for p, cols in pairs if p.dtype is dtype]
+        if len(batch.rows[0]) == VARIANCE:  # built this step
+            for row, (cols, _) in zip(batch.rows, mine):
+                row.extend(cols)
+        else:  # recalled: gather wrote each parameter and its step into ``written`` first
+            batch.table()[:, VARIANCE:] = [cols for cols, _ in mine]
+            del batch.written[2 * len(batch.rows) :]
+        for _, held in mine:
+            batch.written.extend(held)
+    return out
+
+
+def run_(gathered, options: dict) -> None:
+    """One Adafactor step for every batch of ``gathered`` (the options are the reference rule's keywords)."""
+    lr = as_scalar(options["lr"])
+    weight_decay = options["weight_decay"]
+    # θ ← θ(1 − γλ): the reference's own arithmetic (a float32 tensor when lr is one)
+    decay = float(1 - lr * weight_decay) if weight_decay != 0 else 1.0
+    hyper = (
+        float(lr),
+        isinstance(lr, Tensor) and lr.dtype == torch.float32,
+        float(options["beta2_decay"]),
+        float(options["eps1"]),
+        float(options["eps2"]),
+        float(options["d"]),
+        decay,
+        bool(options["maximize"]),
+    )
+    for batch in gathered.batches.values():
+        launch(_adafactor_kernel, batch, hyper)
