@@ -3,19 +3,29 @@
 A matrix's update needs its whole gradient's row and column means (the
 factored variance), and every update is scaled by the RMS of the parameter
 and clipped by the RMS of the update itself, so no weight can move before
-three reductions are done.  One launch makes the passes over the group:
+three reductions are done.  One launch makes four parallel passes over the
+group (the second over the factors only):
 
 1. per chunk segment, Σθ² of every tensor; for a vector, the EMA of g²
    (stored) and Σu² (its update needs nothing else); for a matrix, the sums
    of g² along each line of memory and each position across lines;
 2. per matrix, the line and position sums completed, turned into means
    (``norm².div(size)`` as the reference does), the EMAs ``row_var`` /
-   ``col_var`` updated and ``r̄ = max(mean(row_var), ε₁)`` formed;
-3. per segment of every matrix, Σu² from the new factors (u is rebuilt
-   element by element from ``row_var ⊗ col_var / r̄`` and g);
-4. per tensor, α = max(ε₂, RMS(θ))·ρ and the clip max(1, RMS(u)/d) (in
-   float64, as the reference's Python floats);
-5. the weights move: θ ← θ(1 − γλ) − α/clip · u, u rebuilt once more.
+   ``col_var`` updated and ``r̄ = max(mean(row_var), ε₁)`` formed; then one
+   scale per line and per position, so that V̂^(−½) = (r̄/R)^½ · C^(−½) costs
+   a product per element instead of a division and a root (the clamp at ε₁²
+   becomes a cap on the root, the reference's own rsqrt of ε₁²);
+3. per segment of every matrix, Σu², u rebuilt element by element from g
+   and the two scales;
+
+then, per tensor, α = max(ε₂, RMS(θ))·ρ and the clip max(1, RMS(u)/d) (in
+float64, as the reference's Python floats), and
+
+4. the weights move: θ ← θ(1 − γλ) − α/clip · u, u rebuilt once more.
+
+A vector reads θ, g and V̂ twice and writes V̂ and θ; a matrix reads θ twice
+and g three times and writes θ: the least traffic that finds both norms before
+any weight moves, for a tensor larger than the caches.
 
 The row and column sums are parallel over the same chunks as everything
 else.  A matrix is walked in memory order, line by line (a line is a row, or
@@ -27,9 +37,10 @@ at each end, and the positions of at most one partial matrix at each end --
 goes to the segment's own slots, which the segment holding the matrix's
 first element adds in (2) before it uses the sums.  Chunks are at least 64
 lines long, so those slots cost at most a few per cent of the traffic.  The
-sums are taken in float64 in the kernel's own order, not torch's, so the
-factors -- and through them the weights -- agree with the reference rule to
-rounding.
+sums are taken in float64 in the kernel's own order, not torch's, of squares
+rounded as torch's (so they overflow where torch's do), and V̂^(−½) is
+factored as above: the factors -- and through them the weights -- agree with
+the reference rule to rounding (a few units in the last place of u).
 
 Each pass body follows the reference rule section by section (same
 comments); ``rounded`` marks where the reference materialises an
@@ -111,10 +122,10 @@ def _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness):
     out = np.empty(steps.shape[0], np.float64)
     for t in range(steps.shape[0]):
         root = table[t, NUMEL] ** 0.5
-        rms = np.float64(rounded(scalar(np.sqrt(sums[t, 0]), witness), witness)) / root
+        rms = np.float64(_norm(sums[t, 0], witness)) / root
         # max(ε₂, RMS(θ)) and max(1, RMS(u)/d): Python's max keeps the first unless the second is larger (NaN is not)
         floor = rms if rms > eps2 else eps2
-        ratio = np.float64(rounded(scalar(np.sqrt(sums[t, 1]), witness), witness)) / (root * d)
+        ratio = np.float64(_norm(sums[t, 1], witness)) / (root * d)
         clip = ratio if ratio > 1.0 else 1.0
         # ρ = min(γ, 1/√t): γ unless 1/√t is smaller
         inverse = 1 / (steps[t] ** 0.5)
@@ -134,31 +145,56 @@ def _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness):
 
 
 @numba.njit(inline="always")
+def _square(x):
+    """x² in the compute precision, widened to be summed in float64.
+
+    As torch's norms square: in float32 for float32 and bfloat16, so a square
+    overflows to inf, or underflows to 0, where theirs does.
+    """
+    return np.float64(x * x)
+
+
+@helper
+def _norm(total, witness):
+    """‖x‖ as torch's ``norm`` returns it, from Σx² (of :func:`_square`).
+
+    The sum is rounded to the compute precision first: past float32's range it
+    is inf, as torch's float32 accumulator is; the root is rounded to the dtype.
+    """
+    return rounded(np.sqrt(scalar(total, witness)), witness)
+
+
+@numba.njit(inline="always")
 def _mean_square(total, size, witness):
     """``norm(g, dim).square_().div_(size)`` from the sum of squares along ``dim``."""
-    norm = rounded(scalar(np.sqrt(total), witness), witness)
+    norm = _norm(total, witness)
     return rounded(rounded(norm * norm, witness) / scalar(size, witness), witness)
 
 
 @numba.njit(inline="always")
-def _estimate(line_factor, pos_factor, row_mean, witness):
-    """V̂ = (row_var @ col_var) / r̄, one element (the product is the same either way round)."""
-    return rounded(rounded(line_factor * pos_factor, witness) / row_mean, witness)
+def _rsqrt(var, witness):
+    """``var.rsqrt_()``, one element."""
+    return rounded(scalar(1.0, witness) / rounded(np.sqrt(var), witness), witness)
 
 
 @numba.njit(inline="always")
-def _update(var, g, floor, one, witness):
-    """u = max(V̂, ε₁²)^(−½) · g (the clamp keeps NaN, as torch's)."""
-    if var < floor:
-        var = floor
-    return rounded(rounded(one / rounded(np.sqrt(var), witness), witness) * g, witness)
+def _update(root, g, cap, witness):
+    """u = ``V̂.clamp_(min=ε₁²).rsqrt_().mul_(G)`` from ``root`` = V̂^(−½): min(V̂^(−½), ε₁^(−1))·G.
+
+    (1/√x does not increase with x, so the clamp can come after the root; ``cap``
+    is the reference's own rsqrt of ε₁².  The min keeps NaN, as the clamp.)
+    """
+    if root > cap:
+        root = cap
+    return rounded(rounded(root, witness) * g, witness)
 
 
 @numba.njit(inline="always")
 def _piece(k, end, inner, lines):
-    """The run of elements from ``k`` on that stays in one line: ``(line, offset in it, stop, matrix)``."""
+    """The run of elements from ``k`` on that stays in one line: ``(line, offset in it, length, matrix)``."""
     line = k // inner
-    return line, k - line * inner, min(end, (line + 1) * inner), line // lines
+    offset = k - line * inner
+    return line, offset, min(end - k, inner - offset), line // lines
 
 
 @numba.njit(inline="always")
@@ -184,21 +220,19 @@ def _adafactor_kernel(table, hyper, witness, grain):
     keep = scalar(decay, witness)
     one = scalar(1.0, witness)
     row_floor = rounded(scalar(eps1, witness), witness)  # clamp_(min=ε₁)
-    var_floor = rounded(scalar(eps1 * eps1, witness), witness)  # clamp_(min=ε₁²)
+    cap = _rsqrt(rounded(scalar(eps1 * eps1, witness), witness), witness)  # clamp_(min=ε₁²).rsqrt_()
     steps = bump_steps(table, STEP)
     lerp_weights = _lerp_weights(steps, beta2_decay)
     count = table.shape[0]
-    # where each matrix's line sums, position sums and r̄ go
+    # where each matrix's line and position sums (and their scales, below) go
     line_at = np.zeros(count + 1, np.int64)
     pos_at = np.zeros(count + 1, np.int64)
-    batch_at = np.zeros(count + 1, np.int64)
     widest = 0
     for t in range(count):
         lines, inner = table[t, LINES], table[t, INNER]
         matrices = table[t, NUMEL] // (lines * inner) if table[t, FLAG] != VECTOR else 0
         line_at[t + 1] = line_at[t] + matrices * lines
         pos_at[t + 1] = pos_at[t] + matrices * inner
-        batch_at[t + 1] = batch_at[t] + matrices
         if matrices:
             widest = max(widest, inner)
     segments, starts = plan(table, max(grain, LINES_PER_CHUNK * widest))
@@ -212,7 +246,8 @@ def _adafactor_kernel(table, hyper, witness, grain):
     pos_sq = np.zeros(pos_at[count], np.float64)
     line_part = np.zeros((nseg, 2), np.float64)
     pos_part = np.zeros(slot_at[nseg], np.float64)
-    row_means = np.empty(batch_at[count], np.float64)
+    line_scale = np.full(line_at[count], one)
+    pos_scale = np.full(pos_at[count], one)
     partial = np.zeros((nseg, 2), np.float64)
 
     # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them
@@ -223,8 +258,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
             grad = column(table, t, GRAD, lo, n, witness)
             weights = 0.0
             for i in range(n):
-                theta = np.float64(load(param, i))
-                weights += theta * theta
+                weights += _square(load(param, i))
             partial[s, 0] = weights
             if table[t, FLAG] == VECTOR:
                 w = scalar(lerp_weights[t], witness)
@@ -238,35 +272,37 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     # V̂ ← lerp(V̂, G², t^τ)
                     v = rounded(lerp(load(variance, i), rounded(g * g, witness), w, one), witness)
                     store(variance, i, v)
-                    u = _update(v, g, var_floor, one, witness)
-                    updates += np.float64(u) * np.float64(u)
+                    u = _update(_rsqrt(v, witness), g, cap, witness)
+                    updates += _square(u)
                 partial[s, 1] = updates
                 continue
             lines, inner = table[t, LINES], table[t, INNER]
             size = lines * inner
-            line_first, _, line_last, _ = _ends(lo, n, inner)
+            line_first, _, _, _ = _ends(lo, n, inner)
             head, head_partial, tail, tail_partial = _ends(lo, n, size)
             k = lo
             while k < lo + n:
-                line, offset, stop, b = _piece(k, lo + n, inner, lines)
+                line, offset, m, b = _piece(k, lo + n, inner, lines)
+                grads = column(table, t, GRAD, k, m, witness)
                 # a matrix held whole sums its positions in place; a partial one, in this segment's slot
-                sums, at = pos_sq, pos_at[t] + b * inner + offset - (k - lo)
+                at = pos_at[t] + b * inner + offset
+                sums = pos_sq[at : at + m]
                 if b == head and head_partial:
-                    sums, at = pos_part, slot_at[s] + offset - (k - lo)
+                    sums = pos_part[slot_at[s] + offset : slot_at[s] + offset + m]
                 elif b == tail and tail_partial:
-                    sums, at = pos_part, slot_at[s] + inner + offset - (k - lo)
+                    sums = pos_part[slot_at[s] + inner + offset : slot_at[s] + inner + offset + m]
                 total = 0.0
-                for i in range(k - lo, stop - lo):
-                    g = np.float64(load(grad, i))
-                    total += g * g
-                    sums[at + i] += g * g
-                if stop - k == inner:
+                for i in range(m):
+                    square = _square(load(grads, i))
+                    total += square
+                    sums[i] += square
+                if m == inner:
                     line_sq[line_at[t] + line] = total
                 elif line == line_first:
                     line_part[s, 0] = total
                 else:
                     line_part[s, 1] = total
-                k = stop
+                k += m
 
     # pass 2: per matrix (taken by the segment holding its first element)
     for c in prange(starts.shape[0] - 1):
@@ -279,31 +315,30 @@ def _adafactor_kernel(table, hyper, witness, grain):
             w = scalar(lerp_weights[t], witness)
             for b in range((lo + size - 1) // size, (lo + n - 1) // size + 1):
                 # the sums of the lines and positions other segments hold part of
+                line_sums = line_sq[line_at[t] + b * lines : line_at[t] + (b + 1) * lines]
+                pos_sums = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
                 for s2 in range(s, nseg):
                     if segments[s2, 0] != t or segments[s2, 1] >= (b + 1) * size:
                         break
                     lo2, n2 = segments[s2, 1], segments[s2, 2]
                     first, _, last, _ = _ends(lo2, n2, inner)
                     if first // lines == b:
-                        line_sq[line_at[t] + first] += line_part[s2, 0]
+                        line_sums[first - b * lines] += line_part[s2, 0]
                     if last != first and last // lines == b:
-                        line_sq[line_at[t] + last] += line_part[s2, 1]
+                        line_sums[last - b * lines] += line_part[s2, 1]
                     head, _, tail, _ = _ends(lo2, n2, size)
                     for end in range(2):
                         if (head if end == 0 else tail) == b and (end == 0 or tail != head):
-                            sums = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
                             slot = pos_part[slot_at[s2] + end * inner : slot_at[s2] + (end + 1) * inner]
                             for j in range(inner):
-                                sums[j] += slot[j]
+                                pos_sums[j] += slot[j]
                 # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
                 line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
                 for j in range(lines):
-                    mean = _mean_square(line_sq[line_at[t] + b * lines + j], inner, witness)
-                    store(line_var, j, rounded(lerp(load(line_var, j), mean, w, one), witness))
+                    store(line_var, j, rounded(lerp(load(line_var, j), _mean_square(line_sums[j], inner, witness), w, one), witness))
                 pos_var = column(table, t, POS_VAR, b * inner, inner, witness)
                 for j in range(inner):
-                    mean = _mean_square(pos_sq[pos_at[t] + b * inner + j], lines, witness)
-                    store(pos_var, j, rounded(lerp(load(pos_var, j), mean, w, one), witness))
+                    store(pos_var, j, rounded(lerp(load(pos_var, j), _mean_square(pos_sums[j], lines, witness), w, one), witness))
                 # r̄ ← max(mean_rows R, ε₁)  (R lies along the lines, or across them when transposed)
                 row_var = pos_var if table[t, FLAG] == TRANSPOSED else line_var
                 total = 0.0
@@ -312,7 +347,12 @@ def _adafactor_kernel(table, hyper, witness, grain):
                 row_mean = rounded(scalar(total / row_var.shape[0], witness), witness)
                 if row_mean < row_floor:
                     row_mean = row_floor
-                row_means[batch_at[t] + b] = np.float64(row_mean)
+                # V̂ = R ⊗ C / r̄, so V̂^(−½) = (r̄ / line factor)^½ · (position factor)^(−½): one scale per line and per position
+                for j in range(lines):
+                    root = np.sqrt(np.float64(row_mean) / np.float64(load(line_var, j)))
+                    line_scale[line_at[t] + b * lines + j] = scalar(root, witness)
+                for j in range(inner):
+                    pos_scale[pos_at[t] + b * inner + j] = scalar(1.0 / np.sqrt(np.float64(load(pos_var, j))), witness)
 
     # pass 3: Σu² of every matrix, u from the new factors
     for c in prange(starts.shape[0] - 1):
@@ -321,23 +361,21 @@ def _adafactor_kernel(table, hyper, witness, grain):
             if table[t, FLAG] == VECTOR:
                 continue
             lines, inner = table[t, LINES], table[t, INNER]
-            grad = column(table, t, GRAD, lo, n, witness)
-            line_vars = column(table, t, LINE_VAR, 0, line_at[t + 1] - line_at[t], witness)
-            pos_vars = column(table, t, POS_VAR, 0, pos_at[t + 1] - pos_at[t], witness)
             updates = 0.0
             k = lo
             while k < lo + n:
-                line, offset, stop, b = _piece(k, lo + n, inner, lines)
-                line_factor = load(line_vars, line)
-                row_mean = scalar(row_means[batch_at[t] + b], witness)
-                at = b * inner + offset - (k - lo)
-                for i in range(k - lo, stop - lo):
-                    g = load(grad, i)
+                line, offset, m, b = _piece(k, lo + n, inner, lines)
+                grads = column(table, t, GRAD, k, m, witness)
+                scale = line_scale[line_at[t] + line]
+                scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+                total = 0.0
+                for i in range(m):
+                    g = load(grads, i)
                     if maximize:
                         g = -g
-                    u = _update(_estimate(line_factor, load(pos_vars, at + i), row_mean, witness), g, var_floor, one, witness)
-                    updates += np.float64(u) * np.float64(u)
-                k = stop
+                    total += _square(_update(scale * scales[i], g, cap, witness))
+                updates += total
+                k += m
             partial[s, 1] = updates
 
     # α/clip per tensor
@@ -345,16 +383,16 @@ def _adafactor_kernel(table, hyper, witness, grain):
     for s in range(nseg):
         sums[segments[s, 0], 0] += partial[s, 0]
         sums[segments[s, 0], 1] += partial[s, 1]
-    scales = _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness)
+    step_scales = _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness)
 
     # pass 4: θ ← θ(1 − γλ) − α/clip · u
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
             t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            step = add_scalar(scales[t], witness)
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
+            step = add_scalar(step_scales[t], witness)
             if table[t, FLAG] == VECTOR:
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
                 variance = column(table, t, VARIANCE, lo, n, witness)
                 for i in range(n):
                     g = load(grad, i)
@@ -363,27 +401,25 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     theta = load(param, i)
                     if decays:
                         theta = rounded(theta * keep, witness)
-                    store(param, i, theta + step * _update(load(variance, i), g, var_floor, one, witness))
+                    store(param, i, theta + step * _update(_rsqrt(load(variance, i), witness), g, cap, witness))
                 continue
             lines, inner = table[t, LINES], table[t, INNER]
-            line_vars = column(table, t, LINE_VAR, 0, line_at[t + 1] - line_at[t], witness)
-            pos_vars = column(table, t, POS_VAR, 0, pos_at[t + 1] - pos_at[t], witness)
             k = lo
             while k < lo + n:
-                line, offset, stop, b = _piece(k, lo + n, inner, lines)
-                line_factor = load(line_vars, line)
-                row_mean = scalar(row_means[batch_at[t] + b], witness)
-                at = b * inner + offset - (k - lo)
-                for i in range(k - lo, stop - lo):
-                    g = load(grad, i)
+                line, offset, m, b = _piece(k, lo + n, inner, lines)
+                param = column(table, t, PARAM, k, m, witness)
+                grads = column(table, t, GRAD, k, m, witness)
+                scale = line_scale[line_at[t] + line]
+                scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+                for i in range(m):
+                    g = load(grads, i)
                     if maximize:
                         g = -g
                     theta = load(param, i)
                     if decays:
                         theta = rounded(theta * keep, witness)
-                    u = _update(_estimate(line_factor, load(pos_vars, at + i), row_mean, witness), g, var_floor, one, witness)
-                    store(param, i, theta + step * u)
-                k = stop
+                    store(param, i, theta + step * _update(scale * scales[i], g, cap, witness))
+                k += m
 
 
 # ----------------------------------------------------------------------------- Python side
