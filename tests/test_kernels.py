@@ -306,7 +306,7 @@ def test_adafactor_float64_default_dtype(small_grain):
 
 @pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS[:3], ids=lambda kw: config_id(("Adafactor", kw)))
 def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain):
-    """NaN / inf in a vector and in matrices (one transposed, one of a batch); squares that overflow float32."""
+    """NaN / inf in a vector and in matrices (one transposed, one of a batch); squares that overflow float32; zeros."""
     dtype = torch.float32
     params = make_adafactor_params(dtype, seed=3)
     with torch.no_grad():
@@ -322,6 +322,10 @@ def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain)
         grads[7][2, 7 + step] = float("nan")
         grads[8][3, 1, 2] = -float("inf")
         grads[12][0, 0, 0, 0] = 1e30  # its square overflows float32, as in torch's norm
+        # zeros: V̂ = 0 is clamped (u = 0, not 0/0), in a 0-dim, a vector, a matrix's row, a whole matrix
+        for k in (0, 5, 11):
+            grads[k].zero_()
+        grads[6][3].zero_()
         return grads
 
     run_side_by_side("Adafactor", kwargs, dtype, params, grads_at, 4)

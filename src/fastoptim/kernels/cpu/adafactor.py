@@ -172,21 +172,29 @@ def _mean_square(total, size, witness):
 
 
 @numba.njit(inline="always")
-def _rsqrt(var, witness):
-    """``var.rsqrt_()``, one element."""
+def _root(var, floor, witness):
+    """``V̂.clamp_(min=ε₁²).rsqrt_()``, one element of a vector's V̂ (the clamp keeps NaN, as torch's).
+
+    The clamp comes first, as in the reference: with ``arcp`` the compiler may
+    turn ``(1/√V̂)·G`` into ``G/√V̂``, which for V̂ = G = 0 is NaN where the
+    reference's capped root gives 0.
+    """
+    if var < floor:
+        var = floor
     return rounded(scalar(1.0, witness) / rounded(np.sqrt(var), witness), witness)
 
 
 @numba.njit(inline="always")
-def _update(root, g, cap, witness):
-    """u = ``V̂.clamp_(min=ε₁²).rsqrt_().mul_(G)`` from ``root`` = V̂^(−½): min(V̂^(−½), ε₁^(−1))·G.
+def _factored_root(line_scale, pos_scale, cap, witness):
+    """The same for an element of a matrix, from its two scales: min((r̄/R)^½ · C^(−½), ε₁^(−1)).
 
-    (1/√x does not increase with x, so the clamp can come after the root; ``cap``
-    is the reference's own rsqrt of ε₁².  The min keeps NaN, as the clamp.)
+    1/√x does not increase with x, so the clamp can come after the root;
+    ``cap`` is the reference's own rsqrt of ε₁².  The min keeps NaN, as the clamp.
     """
+    root = line_scale * pos_scale
     if root > cap:
         root = cap
-    return rounded(rounded(root, witness) * g, witness)
+    return rounded(root, witness)
 
 
 @numba.njit(inline="always")
@@ -220,7 +228,8 @@ def _adafactor_kernel(table, hyper, witness, grain):
     keep = scalar(decay, witness)
     one = scalar(1.0, witness)
     row_floor = rounded(scalar(eps1, witness), witness)  # clamp_(min=ε₁)
-    cap = _rsqrt(rounded(scalar(eps1 * eps1, witness), witness), witness)  # clamp_(min=ε₁²).rsqrt_()
+    var_floor = rounded(scalar(eps1 * eps1, witness), witness)  # clamp_(min=ε₁²)
+    cap = _root(var_floor, var_floor, witness)
     steps = bump_steps(table, STEP)
     lerp_weights = _lerp_weights(steps, beta2_decay)
     count = table.shape[0]
@@ -272,7 +281,8 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     # V̂ ← lerp(V̂, G², t^τ)
                     v = rounded(lerp(load(variance, i), rounded(g * g, witness), w, one), witness)
                     store(variance, i, v)
-                    u = _update(_rsqrt(v, witness), g, cap, witness)
+                    # U ← max(V̂, ε₁²)^(−½) G
+                    u = rounded(_root(v, var_floor, witness) * g, witness)
                     updates += _square(u)
                 partial[s, 1] = updates
                 continue
@@ -373,7 +383,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     g = load(grads, i)
                     if maximize:
                         g = -g
-                    total += _square(_update(scale * scales[i], g, cap, witness))
+                    total += _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
                 updates += total
                 k += m
             partial[s, 1] = updates
@@ -401,7 +411,8 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     theta = load(param, i)
                     if decays:
                         theta = rounded(theta * keep, witness)
-                    store(param, i, theta + step * _update(_rsqrt(load(variance, i), witness), g, cap, witness))
+                    u = rounded(_root(load(variance, i), var_floor, witness) * g, witness)
+                    store(param, i, theta + step * u)
                 continue
             lines, inner = table[t, LINES], table[t, INNER]
             k = lo
@@ -418,7 +429,8 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     theta = load(param, i)
                     if decays:
                         theta = rounded(theta * keep, witness)
-                    store(param, i, theta + step * _update(scale * scales[i], g, cap, witness))
+                    u = rounded(_factored_root(scale, scales[i], cap, witness) * g, witness)
+                    store(param, i, theta + step * u)
                 k += m
 
 
