@@ -322,6 +322,7 @@ def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain)
         grads[7][2, 7 + step] = float("nan")
         grads[8][3, 1, 2] = -float("inf")
         grads[12][0, 0, 0, 0] = 1e30  # its square overflows float32, as in torch's norm
+        grads[13][step] = 1e30  # a vector's V̂ = inf: its root is 0
         # zeros: V̂ = 0 is clamped (u = 0, not 0/0), in a 0-dim, a vector, a matrix's row, a whole matrix
         for k in (0, 5, 11):
             grads[k].zero_()

@@ -61,6 +61,7 @@ from torch import Tensor
 from fastoptim.algorithms._rules import as_scalar
 
 from ._launch import (
+    FASTMATH,
     FLAG,
     GRAD,
     NUMEL,
@@ -175,9 +176,7 @@ def _mean_square(total, size, witness):
 def _root(var, floor, witness):
     """``V̂.clamp_(min=ε₁²).rsqrt_()``, one element of a vector's V̂ (the clamp keeps NaN, as torch's).
 
-    The clamp comes first, as in the reference: with ``arcp`` the compiler may
-    turn ``(1/√V̂)·G`` into ``G/√V̂``, which for V̂ = G = 0 is NaN where the
-    reference's capped root gives 0.
+    The clamp comes first, as in the reference.
     """
     if var < floor:
         var = floor
@@ -220,7 +219,12 @@ def _ends(lo, n, size):
 # ----------------------------------------------------------------------------- the kernel
 
 
-@kernel
+#: the shared flags but ``arcp``: with it LLVM computes 1/√x as a reciprocal-root estimate and a Newton
+#: step, which gives NaN for x = 0 and x = inf where the reference's rsqrt gives inf and 0
+_FASTMATH = FASTMATH - {"arcp"}
+
+
+@kernel(fastmath=_FASTMATH)
 def _adafactor_kernel(table, hyper, witness, grain):
     lr, lr_f32, beta2_decay, eps1, eps2 = hyper[0], hyper[1] != 0, hyper[2], hyper[3], hyper[4]
     d, decay, maximize = hyper[5], hyper[6], hyper[7] != 0
