@@ -55,7 +55,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from numba import prange
+from numba import prange, types
+from numba.extending import overload
 from torch import Tensor
 
 from fastoptim.algorithms._rules import as_scalar
@@ -216,6 +217,26 @@ def _ends(lo, n, size):
     return first, first_partial, last, last_partial
 
 
+@numba.njit(inline="always")
+def _sharing(segments, s, t, end):
+    """One past the last segment, from ``s`` on, that holds elements of tensor ``t`` before element ``end``."""
+    s2 = s
+    while s2 < segments.shape[0] and segments[s2, 0] == t and segments[s2, 1] < end:
+        s2 += 1
+    return s2
+
+
+def _empty(n, witness):
+    """An uninitialised array of ``n`` numbers in the compute precision of ``witness``'s storage."""
+
+
+@overload(_empty, inline="always")
+def _empty_overload(n, witness):
+    if witness.dtype == types.float64:
+        return lambda n, witness: np.empty(n, np.float64)
+    return lambda n, witness: np.empty(n, np.float32)
+
+
 # ----------------------------------------------------------------------------- the kernel
 
 
@@ -237,9 +258,12 @@ def _adafactor_kernel(table, hyper, witness, grain):
     steps = bump_steps(table, STEP)
     lerp_weights = _lerp_weights(steps, beta2_decay)
     count = table.shape[0]
+    # Arrays are made with np.empty and filled by the passes: np.zeros and np.full would be
+    # parallel loops of their own, scheduled one element at a time (the launcher's chunk size).
     # where each matrix's line and position sums (and their scales, below) go
-    line_at = np.zeros(count + 1, np.int64)
-    pos_at = np.zeros(count + 1, np.int64)
+    line_at = np.empty(count + 1, np.int64)
+    pos_at = np.empty(count + 1, np.int64)
+    line_at[0], pos_at[0] = 0, 0
     widest = 0
     for t in range(count):
         lines, inner = table[t, LINES], table[t, INNER]
@@ -251,17 +275,18 @@ def _adafactor_kernel(table, hyper, witness, grain):
     segments, starts = plan(table, max(grain, LINES_PER_CHUNK * widest))
     nseg = segments.shape[0]
     # each matrix segment's slots: the positions of a partial matrix at either end
-    slot_at = np.zeros(nseg + 1, np.int64)
+    slot_at = np.empty(nseg + 1, np.int64)
+    slot_at[0] = 0
     for s in range(nseg):
         t = segments[s, 0]
         slot_at[s + 1] = slot_at[s] + (2 * table[t, INNER] if table[t, FLAG] != VECTOR else 0)
-    line_sq = np.zeros(line_at[count], np.float64)
-    pos_sq = np.zeros(pos_at[count], np.float64)
-    line_part = np.zeros((nseg, 2), np.float64)
-    pos_part = np.zeros(slot_at[nseg], np.float64)
-    line_scale = np.full(line_at[count], one)
-    pos_scale = np.full(pos_at[count], one)
-    partial = np.zeros((nseg, 2), np.float64)
+    line_sq = np.empty(line_at[count], np.float64)
+    pos_sq = np.empty(pos_at[count], np.float64)
+    line_part = np.empty((nseg, 2), np.float64)
+    pos_part = np.empty(slot_at[nseg], np.float64)
+    line_scale = _empty(line_at[count], witness)
+    pos_scale = _empty(pos_at[count], witness)
+    partial = np.empty((nseg, 2), np.float64)
 
     # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them
     for c in prange(starts.shape[0] - 1):
@@ -294,17 +319,27 @@ def _adafactor_kernel(table, hyper, witness, grain):
             size = lines * inner
             line_first, _, _, _ = _ends(lo, n, inner)
             head, head_partial, tail, tail_partial = _ends(lo, n, size)
+            slots = pos_part[slot_at[s] : slot_at[s + 1]]
+            for j in range(inner):
+                if head_partial:
+                    slots[j] = 0.0
+                if tail_partial:
+                    slots[inner + j] = 0.0
             k = lo
             while k < lo + n:
                 line, offset, m, b = _piece(k, lo + n, inner, lines)
                 grads = column(table, t, GRAD, k, m, witness)
                 # a matrix held whole sums its positions in place; a partial one, in this segment's slot
-                at = pos_at[t] + b * inner + offset
-                sums = pos_sq[at : at + m]
                 if b == head and head_partial:
-                    sums = pos_part[slot_at[s] + offset : slot_at[s] + offset + m]
+                    sums = slots[offset : offset + m]
                 elif b == tail and tail_partial:
-                    sums = pos_part[slot_at[s] + inner + offset : slot_at[s] + inner + offset + m]
+                    sums = slots[inner + offset : inner + offset + m]
+                else:
+                    whole = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+                    if k == b * size:
+                        for j in range(inner):
+                            whole[j] = 0.0
+                    sums = whole[offset : offset + m]
                 total = 0.0
                 for i in range(m):
                     square = _square(load(grads, i))
@@ -328,24 +363,32 @@ def _adafactor_kernel(table, hyper, witness, grain):
             size = lines * inner
             w = scalar(lerp_weights[t], witness)
             for b in range((lo + size - 1) // size, (lo + n - 1) // size + 1):
-                # the sums of the lines and positions other segments hold part of
                 line_sums = line_sq[line_at[t] + b * lines : line_at[t] + (b + 1) * lines]
                 pos_sums = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
-                for s2 in range(s, nseg):
-                    if segments[s2, 0] != t or segments[s2, 1] >= (b + 1) * size:
-                        break
-                    lo2, n2 = segments[s2, 1], segments[s2, 2]
-                    first, _, last, _ = _ends(lo2, n2, inner)
-                    if first // lines == b:
-                        line_sums[first - b * lines] += line_part[s2, 0]
-                    if last != first and last // lines == b:
-                        line_sums[last - b * lines] += line_part[s2, 1]
-                    head, _, tail, _ = _ends(lo2, n2, size)
-                    for end in range(2):
-                        if (head if end == 0 else tail) == b and (end == 0 or tail != head):
-                            slot = pos_part[slot_at[s2] + end * inner : slot_at[s2] + (end + 1) * inner]
+                if (b + 1) * size > lo + n:
+                    # shared with the next segments: the sums of the lines and positions they hold part of
+                    for j in range(inner):
+                        pos_sums[j] = 0.0
+                    for s2 in range(s, _sharing(segments, s, t, (b + 1) * size)):
+                        first, first_partial, last, last_partial = _ends(segments[s2, 1], segments[s2, 2], inner)
+                        if first_partial and first // lines == b:
+                            line_sums[first - b * lines] = 0.0
+                        if last_partial and last // lines == b:
+                            line_sums[last - b * lines] = 0.0
+                    for s2 in range(s, _sharing(segments, s, t, (b + 1) * size)):
+                        first, first_partial, last, last_partial = _ends(segments[s2, 1], segments[s2, 2], inner)
+                        if first_partial and first // lines == b:
+                            line_sums[first - b * lines] += line_part[s2, 0]
+                        if last_partial and last // lines == b:
+                            line_sums[last - b * lines] += line_part[s2, 1]
+                        head, head_partial, tail, tail_partial = _ends(segments[s2, 1], segments[s2, 2], size)
+                        slots = pos_part[slot_at[s2] : slot_at[s2 + 1]]
+                        if head_partial and head == b:
                             for j in range(inner):
-                                pos_sums[j] += slot[j]
+                                pos_sums[j] += slots[j]
+                        if tail_partial and tail == b:
+                            for j in range(inner):
+                                pos_sums[j] += slots[inner + j]
                 # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
                 line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
                 for j in range(lines):
@@ -393,7 +436,9 @@ def _adafactor_kernel(table, hyper, witness, grain):
             partial[s, 1] = updates
 
     # α/clip per tensor
-    sums = np.zeros((count, 2), np.float64)
+    sums = np.empty((count, 2), np.float64)
+    for t in range(count):
+        sums[t, 0], sums[t, 1] = 0.0, 0.0
     for s in range(nseg):
         sums[segments[s, 0], 0] += partial[s, 0]
         sums[segments[s, 0], 1] += partial[s, 1]
