@@ -98,6 +98,8 @@ LINES, INNER = POS_VAR + 1, POS_VAR + 2
 VECTOR, MATRIX, TRANSPOSED = 0, 1, 2
 #: a chunk spans at least this many lines of its widest matrix (see the module docstring)
 LINES_PER_CHUNK = 64
+#: whole lines summed together in the first pass (:func:`_block_square_sums`)
+BLOCK = 4
 
 
 # ----------------------------------------------------------------------------- scalars
@@ -215,6 +217,24 @@ def _ends(lo, n, size):
     first_partial = lo != first * size or lo + n < (first + 1) * size
     last_partial = last != first and lo + n != (last + 1) * size
     return first, first_partial, last, last_partial
+
+
+@numba.njit(inline="always")
+def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
+    """Σg² of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``: into ``line_sums``, and added to ``sums`` (per position)."""
+    g0 = column(table, t, GRAD, k, inner, witness)
+    g1 = column(table, t, GRAD, k + inner, inner, witness)
+    g2 = column(table, t, GRAD, k + 2 * inner, inner, witness)
+    g3 = column(table, t, GRAD, k + 3 * inner, inner, witness)
+    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    for i in range(inner):
+        s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
+        t0 += s0
+        t1 += s1
+        t2 += s2
+        t3 += s3
+        sums[i] += (s0 + s1) + (s2 + s3)
+    line_sums[0], line_sums[1], line_sums[2], line_sums[3] = t0, t1, t2, t3
 
 
 @numba.njit(inline="always")
@@ -340,6 +360,11 @@ def _adafactor_kernel(table, hyper, witness, grain):
                         for j in range(inner):
                             whole[j] = 0.0
                     sums = whole[offset : offset + m]
+                if m == inner and k + BLOCK * inner <= lo + n and (line + BLOCK - 1) // lines == b:
+                    # BLOCK whole lines of one matrix at once: the position sums are read and written once for all
+                    _block_square_sums(table, t, k, inner, sums, line_sq[line_at[t] + line : line_at[t] + line + BLOCK], witness)
+                    k += BLOCK * inner
+                    continue
                 total = 0.0
                 for i in range(m):
                     square = _square(load(grads, i))
