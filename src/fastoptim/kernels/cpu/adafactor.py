@@ -98,7 +98,7 @@ LINES, INNER = POS_VAR + 1, POS_VAR + 2
 VECTOR, MATRIX, TRANSPOSED = 0, 1, 2
 #: a chunk spans at least this many lines of its widest matrix (see the module docstring)
 LINES_PER_CHUNK = 64
-#: whole lines summed together in the first pass (:func:`_block_square_sums`)
+#: whole lines summed together in the first pass (:func:`_block_square_sums`, written out for four)
 BLOCK = 4
 
 
