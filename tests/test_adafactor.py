@@ -1,4 +1,9 @@
-"""Adafactor beyond optim_db: bit-exact runs, factored state layout, ε₁ resolution, errors, copies."""
+"""Adafactor beyond optim_db: bit-exact runs, factored state layout, ε₁ resolution, errors, copies.
+
+The bit-exact tests run fastoptim's reference rule (the kernel is held to it
+in tests/test_kernels.py); the last ones run the default backend -- the
+kernel -- against torch, to torch's tolerance.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,10 @@ from extra_checks import (
     assert_sparse_gradient_rejected_like_torch,
     problem_of,
 )
+from fastoptim.kernels.dispatch import backend_for, use_backend
 from parity import EXACT, TOLERANCE, Problem, Trial, assert_same, assert_same_optimizer
+
+pytestmark = pytest.mark.reference_backend
 
 CONFIGS = [
     {},
@@ -161,3 +169,34 @@ def test_loading_a_state_without_either_layout_is_rejected_and_changes_nothing()
     with pytest.raises(ValueError, match="either 'row_var' and 'col_var' or 'variance'"):
         trial.ours.load_state_dict(broken)
     assert_same(trial.ours.state_dict(), before, EXACT)
+
+
+# ---------------------------------------------------------------- the default backend (the kernel) against torch
+
+#: the kernel sums the norms in float64 in its own order (torch: float32) and factors V̂^(−½):
+#: a few units in the last place of the update, which the clip and α carry into every weight
+KERNEL_TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-5), torch.float64: TOLERANCE[torch.float64]}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kwargs", CONFIGS, ids=str)
+def test_default_backend_matches_torch_to_rounding(kwargs, dtype):
+    """What users run by default (the kernel) against torch's for-loop, matrices and vectors, for ten steps."""
+    pytest.importorskip("numba")
+    problem = Problem.make(dtype, complex_param=False)
+    trial = Trial(fastoptim.Adafactor, torch.optim.Adafactor, {**kwargs, "foreach": False}, dtype, problem=problem,
+                  tol=KERNEL_TOLERANCE[dtype])
+    with use_backend("auto"):
+        assert backend_for(trial.ours) == "numba"  # (before any gradient: ε₁ = None resolves from the first parameter)
+        trial.run(steps=10)
+        assert backend_for(trial.ours) == "numba"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_default_backend_higher_rank_params(dtype):
+    """3-D and 4-D params and 1-wide matrices through the kernel, against torch."""
+    shapes = [[(2, 3, 4), (3, 1, 5)], [(4, 1), (1, 4), (2, 2, 3, 3)]]
+    trial = Trial(fastoptim.Adafactor, torch.optim.Adafactor, {"weight_decay": 0.1, "foreach": False}, dtype,
+                  problem=problem_of(shapes, dtype), tol=KERNEL_TOLERANCE[dtype])
+    with use_backend("auto"):
+        trial.run(steps=10)

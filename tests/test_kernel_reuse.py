@@ -29,6 +29,7 @@ CASES = [
     ("LARS", dict(lr=0.1, momentum=0.9)),  # the FLAG column: matrices and vectors differ
     ("Rprop", dict(lr=0.01)),
     ("ASGD", dict(lr=0.01, t0=2)),
+    ("Adafactor", dict(weight_decay=0.1)),  # columns of its own: factors' addresses and matrix shapes
 ]
 
 
@@ -214,6 +215,30 @@ def test_state_replaced_by_load_state_dict():
     pair.both(lambda _, opt: opt.load_state_dict(copy.deepcopy(saved)))
     pair.both(_new_grads(4))
     pair.step("after load_state_dict")
+
+
+def test_adafactor_factor_no_longer_contiguous_falls_back():
+    """A factor replaced by a non-contiguous copy: noticed on a recalled table; that parameter takes the reference rule."""
+    gen = torch.Generator().manual_seed(5)
+    params = [torch.randn(s, generator=gen, dtype=torch.float64).requires_grad_() for s in ((2, 3, 4), (5,))]
+    pair = Pair("Adafactor", dict(lr=0.01), params)
+    pair.both(_new_grads(0))
+    pair.step("step 0")
+    pair.both(_new_grads(1))
+    pair.step("step 1")  # a recalled table
+
+    def strided_row_var(params, opt):
+        row_var = opt.state[params[0]]["row_var"]  # (2, 3, 1)
+        opt.state[params[0]]["row_var"] = torch.empty(3, 2, 1, dtype=row_var.dtype).transpose(0, 1).copy_(row_var)
+
+    pair.both(strided_row_var)
+    pair.both(_new_grads(2))
+    with pytest.raises(RuntimeError, match="row_var / col_var"), use_backend("numba"):
+        pair.kernel.step()  # refused before any update
+    pair.compare("after the refused step")
+    for step in range(2, 4):
+        pair.both(_new_grads(step))
+        pair.step(f"step {step}", backend="auto")
 
 
 def test_state_dtype_changed_falls_back_to_the_reference_rule():

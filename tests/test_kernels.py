@@ -243,6 +243,118 @@ def test_asgd_average_streamed_in_blocks_and_unaligned(dtype):
         assert_state_equal(kernel_opt, reference_opt, dtype, f"step {step}")
 
 
+# Adafactor factors matrices over their last two dimensions, and raises (as torch does) on an empty
+# parameter: its own parameters and hyper-parameter branches.
+ADAFACTOR_CONFIGS = [
+    dict(),
+    dict(lr=0.1, weight_decay=0.1),
+    dict(weight_decay=0.1, maximize=True),
+    dict(beta2_decay=-1.0, d=1.5),
+    dict(eps=(1e-3, 1e-2), lr=0.5),  # a large ε₁: the clamps of r̄ and of V̂ bite
+    dict(eps=(0.0, 0.0)),
+    dict(lr=T(0.05), weight_decay=0.2),  # a float32 tensor lr: ρ and α are float32 tensors in the reference
+    dict(lr=T([0.5], dtype=torch.float64), maximize=True),  # 1 element, float64
+]
+
+
+def make_adafactor_params(dtype, seed=0, wide=False):
+    """Vectors, 0-dim; matrices stored by rows and by columns (transposed), batches of them (3-D, 4-D), 1-wide ones.
+
+    Narrow: every line of memory at most 15 elements, so chunks of TEST_GRAIN
+    elements split lines, matrices and batches at odd places.  Wide: lines of
+    hundreds to thousands of elements, whose chunks the kernel makes at least
+    64 lines long; vectors filling most of a chunk first, so that a line, and
+    a batch of matrices, still straddle chunks.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+
+    if wide:
+        values = [randn(190_000), randn(3, 2, 900), randn(186_000), randn(1, 3000), randn(5, 700).t(), randn(700, 5).t()]
+    else:
+        values = [randn(), randn(1), randn(7), randn(33, 3), randn(7, 5).t(), randn(TEST_GRAIN * 2 + 37), randn(400, 9)]
+        values += [randn(400, 9).t(), randn(50, 7, 5), randn(4, 6, 5).transpose(-1, -2), randn(3000, 1), randn(1, 15)]
+        values += [randn(2, 3, 3, 3)] + [randn(97 + i) for i in range(4)]
+    return [v.requires_grad_() for v in values]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS, ids=lambda kw: config_id(("Adafactor", kw)))
+def test_adafactor_kernel_matches_reference_rule(kwargs, dtype, small_grain):
+    params = make_adafactor_params(dtype)
+    run_side_by_side("Adafactor", kwargs, dtype, params, lambda step: grads_for(params, step), STEPS, GRADLESS_STEP)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS[:3], ids=lambda kw: config_id(("Adafactor", kw)))
+def test_adafactor_kernel_wide_matrices(kwargs, dtype, small_grain):
+    params = make_adafactor_params(dtype, wide=True)
+    run_side_by_side("Adafactor", kwargs, dtype, params, lambda step: grads_for(params, step), 4)
+
+
+def test_adafactor_float64_default_dtype(small_grain):
+    """Under a float64 default dtype the step counter is float64."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        params = make_adafactor_params(torch.float32)
+        kernel_opt, _ = run_side_by_side("Adafactor", {}, torch.float32, params, lambda step: grads_for(params, step), 3)
+        assert next(iter(kernel_opt.state.values()))["step"].dtype == torch.float64
+    finally:
+        torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS[:3], ids=lambda kw: config_id(("Adafactor", kw)))
+def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain):
+    """NaN / inf in a vector and in matrices (one transposed, one of a batch); squares that overflow float32; zeros."""
+    dtype = torch.float32
+    params = make_adafactor_params(dtype, seed=3)
+    with torch.no_grad():
+        params[2][1] = float("inf")
+        params[3][0, 0] = -float("inf")
+        params[6][5, 2] = float("nan")
+
+    def grads_at(step):
+        grads = grads_for(params, step)
+        grads[2][0] = float("nan")
+        grads[2][2] = float("inf") if step % 2 else -float("inf")
+        grads[4][1, 1] = float("inf")
+        grads[7][2, 7 + step] = float("nan")
+        grads[8][3, 1, 2] = -float("inf")
+        grads[12][0, 0, 0, 0] = 1e30  # its square overflows float32, as in torch's norm
+        grads[13][step] = 1e30  # a vector's V̂ = inf: its root is 0
+        # zeros: V̂ = 0 is clamped (u = 0, not 0/0), in a 0-dim, a vector, a matrix's row, a whole matrix
+        for k in (0, 5, 11):
+            grads[k].zero_()
+        grads[6][3].zero_()
+        return grads
+
+    run_side_by_side("Adafactor", kwargs, dtype, params, grads_at, 4)
+
+
+def test_adafactor_state_replaced_between_steps(small_grain):
+    """A recalled table takes the state tensors' addresses afresh: factors and variances replaced by copies."""
+    params = make_adafactor_params(torch.float32)
+    kernel_opt, reference_opt = run_side_by_side("Adafactor", {}, torch.float32, params, lambda step: grads_for(params, step), 2)
+    for opt in (kernel_opt, reference_opt):
+        for entry in opt.state.values():
+            for key in ("row_var", "col_var", "variance"):
+                if key in entry:
+                    entry[key] = entry[key].clone()
+    kernel_params, reference_params = (opt.param_groups[0]["params"] for opt in (kernel_opt, reference_opt))
+    for step in range(2, 4):
+        for ps in (kernel_params, reference_params):
+            for p, g in zip(ps, grads_for(params, step)):
+                p.grad = g.clone(memory_format=torch.preserve_format)
+        with use_backend("numba"):
+            kernel_opt.step()
+        with use_backend("reference"):
+            reference_opt.step()
+        assert_state_equal(kernel_opt, reference_opt, torch.float32, f"step {step}")
+
+
 @pytest.mark.parametrize("case", CONFIGS, ids=config_id)
 def test_nan_and_inf_propagate_like_the_reference(case, small_grain):
     """fastmath flags without 'nnan'/'ninf': NaN and ±inf end up exactly where the reference puts them."""
@@ -322,7 +434,10 @@ def _fallback_cases():
     yield "tensor betas", lambda: fastoptim.Adam([leaf(torch.randn(3))], betas=(T(0.9), T(0.999))), "reference"
     yield "tensor lr ASGD", lambda: fastoptim.ASGD([leaf(torch.randn(3))], lr=T(0.01)), "reference"
     yield "own rule", lambda: MySGD([leaf(torch.randn(3))], lr=0.1), "reference"
-    yield "no-kernel algorithm", lambda: fastoptim.Adafactor([leaf(torch.randn(3))]), "reference"
+    yield "no-kernel algorithm", lambda: fastoptim.Muon([leaf(torch.randn(3, 4))]), "reference"
+    yield "empty Adafactor parameter", lambda: fastoptim.Adafactor([leaf(torch.randn(3)), leaf(torch.randn(4, 0))]), "mixed"
+    yield "permuted Adafactor matrix", lambda: fastoptim.Adafactor([leaf(torch.randn(2, 3, 4).permute(1, 0, 2))]), "reference"
+    yield "bfloat16 tensor lr Adafactor", lambda: fastoptim.Adafactor([leaf(torch.randn(3))], lr=T(0.01, dtype=torch.bfloat16)), "reference"
 
 
 @pytest.mark.parametrize("label,build,expected", list(_fallback_cases()), ids=[c[0] for c in _fallback_cases()])

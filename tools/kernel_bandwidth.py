@@ -30,7 +30,7 @@ from fastoptim.bench.bytemodel import ceiling_bytes, step_bytes
 from fastoptim.bench.paramsets import build
 from fastoptim.kernels.dispatch import backend_for
 
-ALGORITHMS = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop"]
+ALGORITHMS = ["SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "Adadelta", "Adamax", "NAdam", "RAdam", "ASGD", "Rprop", "Adafactor"]
 TORCH_FUSED = {"SGD", "Adam", "AdamW", "Adagrad"}
 
 

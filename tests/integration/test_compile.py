@@ -88,8 +88,10 @@ def test_inductor_compiled_model_and_step():
 
 
 # One algorithm per shape of step: SGD (element-wise), Adagrad (reads ``Tensor.item()``: graph
-# breaks), LBFGS (closure, backward and line search: many breaks).  Adam is in the next test.
-@pytest.mark.parametrize("algorithm", ["SGD", "Adagrad", "LBFGS"])
+# breaks), LBFGS (closure, backward and line search: many breaks), Adafactor (norms read with
+# ``.item()``; its eager step is a multi-pass kernel, its traced step the reference rule).  Adam
+# is in the next test.
+@pytest.mark.parametrize("algorithm", ["SGD", "Adagrad", "LBFGS", "Adafactor"])
 def test_compiled_step_matches_eager(algorithm):
     """``torch.compile(optimizer.step)`` works: dynamo compiles what it can trace and falls back to
     eager at graph breaks -- never an error, the same results as eager torch.optim within float32

@@ -208,7 +208,8 @@ class Adafactor(ElementwiseOptimizer):
         eps1, eps2 = group["eps"]
         if eps1 is None:
             # torch resolves ε₁ once per group, from the first parameter it updates
-            first = next(p for p in group["params"] if p.grad is not None)
+            # (none has a gradient when only asked which backend would run: the first parameter)
+            first = next((p for p in group["params"] if p.grad is not None), group["params"][0])
             eps1 = torch.finfo(first.dtype).eps
         return dict(
             lr=group["lr"],

@@ -85,10 +85,12 @@ BYTE_MODEL: dict[str, Traffic] = {
         "only the elements the sparse grad touches, plus its int64 indices",
     ),
     "Adafactor": Traffic(
-        ("param", "grad", "grad"),
+        ("param", "grad", "grad", "param", "grad"),
         ("param",),
-        ">= 2-D: the factored row_var/col_var need a full reduction pass over grad before any "
-        "element can be updated, so grad is read twice; row_var/col_var are O(rows + cols)",
+        ">= 2-D: no weight moves before three reductions over the whole tensor: the row/col sums of grad "
+        "(with the param norm, in the same pass), then the norm of the update, which needs the finished "
+        "row_var/col_var (a second pass over grad), then the step (param and grad again); "
+        "row_var/col_var are O(rows + cols)",
     ),
     # the algorithms beyond torch.optim (benched against their reference packages)
     "Lion": Traffic(("param", "grad", "exp_avg"), ("param", "exp_avg"), "one buffer; the update is a sign"),
@@ -116,7 +118,12 @@ BYTE_MODEL: dict[str, Traffic] = {
 
 #: algorithms whose parameters of fewer than two dimensions keep a per-element state instead
 VECTOR_BYTE_MODEL: dict[str, Traffic] = {
-    "Adafactor": Traffic(("param", "grad", "variance"), ("param", "variance"), "< 2-D: unfactored variance"),
+    "Adafactor": Traffic(
+        ("param", "grad", "variance", "param", "grad", "variance"),
+        ("param", "variance"),
+        "< 2-D: unfactored variance; the update norm (and the param norm) in a first pass that also "
+        "updates variance, then the step reads param, grad and variance again",
+    ),
     "LARS": Traffic(("param", "grad", "momentum_buffer"), ("param", "momentum_buffer"), "< 2-D: no trust ratio"),
 }
 

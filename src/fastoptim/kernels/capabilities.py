@@ -160,6 +160,17 @@ TABLE: tuple[Capability, ...] = (
         "dampening, weight decay, maximize",
     ),
     Capability(
+        "Adafactor",
+        "fastoptim.algorithms.adafactor.adafactor_reference",
+        "fastoptim.kernels.cpu.adafactor",
+        excludes=(),
+        per_element=False,
+        covers="four passes in one launch (θ norms and row/column sums of g², the factors, the update norms, the step); "
+        "factored (≥ 2-D, contiguous or transposed in the last two dimensions) and unfactored parameters, weight decay, "
+        "ε₁ = None, maximize, a float32/float64 tensor lr; float32/float64/bfloat16. Empty parameters and other "
+        "layouts fall back",
+    ),
+    Capability(
         "SparseAdam",
         "fastoptim.algorithms.sparse_adam.sparse_adam_reference",
         "fastoptim.kernels.cpu.sparse_adam",

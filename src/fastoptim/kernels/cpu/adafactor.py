@@ -1,0 +1,631 @@
+"""Adafactor on the CPU: :func:`fastoptim.algorithms.adafactor.adafactor_reference` as parallel passes in one launch.
+
+A matrix's update needs its whole gradient's row and column means (the
+factored variance), and every update is scaled by the RMS of the parameter
+and clipped by the RMS of the update itself, so no weight can move before
+three reductions are done.  One launch makes four parallel passes over the
+group (the second over the factors only):
+
+1. per chunk segment, Σθ² of every tensor; for a vector, the EMA of g²
+   (stored) and Σu² (its update needs nothing else); for a matrix, the sums
+   of g² along each line of memory and each position across lines;
+2. per matrix, the line and position sums completed, turned into means
+   (``norm².div(size)`` as the reference does), the EMAs ``row_var`` /
+   ``col_var`` updated and ``r̄ = max(mean(row_var), ε₁)`` formed; then one
+   scale per line and per position, so that V̂^(−½) = (r̄/R)^½ · C^(−½) costs
+   a product per element instead of a division and a root (the clamp at ε₁²
+   becomes a cap on the root, the reference's own rsqrt of ε₁²);
+3. per segment of every matrix, Σu², u rebuilt element by element from g
+   and the two scales;
+
+then, per tensor, α = max(ε₂, RMS(θ))·ρ and the clip max(1, RMS(u)/d) (in
+float64, as the reference's Python floats), and
+
+4. the weights move: θ ← θ(1 − γλ) − α/clip · u, u rebuilt once more.
+
+A vector reads θ, g and V̂ twice and writes V̂ and θ; a matrix reads θ twice
+and g three times and writes θ: the least traffic that finds both norms before
+any weight moves, for a tensor larger than the caches.
+
+The row and column sums are parallel over the same chunks as everything
+else.  A matrix is walked in memory order, line by line (a line is a row, or
+for a transposed matrix a column): a line wholly inside a segment writes its
+sum where it belongs, and so does a whole matrix its position sums (a batch
+of small matrices, such as a convolution's 3×3 kernels).  What a segment
+holds of a matrix it shares with other segments -- at most one partial line
+at each end, and the positions of at most one partial matrix at each end --
+goes to the segment's own slots, which the segment holding the matrix's
+first element adds in (2) before it uses the sums.  Chunks are at least 64
+lines long, so those slots cost at most a few per cent of the traffic.  The
+sums are taken in float64 in the kernel's own order, not torch's, of squares
+rounded as torch's (so they overflow where torch's do), and V̂^(−½) is
+factored as above: the factors -- and through them the weights -- agree with
+the reference rule to rounding (a few units in the last place of u).
+
+Each pass body follows the reference rule section by section (same
+comments); ``rounded`` marks where the reference materialises an
+intermediate tensor (a no-op unless the parameters are bfloat16).  Empty
+parameters (the reference raises), layouts other than contiguous or
+transposed in the last two dimensions, and a tensor ``lr`` of a dtype other
+than float32 / float64 are left to the reference rule.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+from numba import prange, types
+from numba.extending import overload
+from torch import Tensor
+
+from fastoptim.algorithms._rules import as_scalar
+
+from ._launch import (
+    FASTMATH,
+    FLAG,
+    GRAD,
+    NUMEL,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    helper,
+    kernel,
+    launch,
+    lerp,
+    load,
+    plan,
+    rounded,
+    scalar,
+    store,
+    why_not,
+)
+
+SCALARS = ("step",)
+#: address columns this module adds to gather's rows: a vector's variance; a matrix's
+#: factor along its lines of memory and its factor across them (row_var and col_var,
+#: swapped for a transposed matrix)
+ADDRESSES = ("variance", "line_var", "pos_var")
+_COL = columns(SCALARS, ADDRESSES)
+STEP, VARIANCE, LINE_VAR, POS_VAR = (_COL[k] for k in (*SCALARS, *ADDRESSES))
+#: then a matrix's shape in memory order: lines per matrix, elements per line
+LINES, INNER = POS_VAR + 1, POS_VAR + 2
+#: FLAG: how the parameter is factored
+VECTOR, MATRIX, TRANSPOSED = 0, 1, 2
+#: a chunk spans at least this many lines of its widest matrix (see the module docstring)
+LINES_PER_CHUNK = 64
+#: whole lines summed together in the first pass (:func:`_block_square_sums`, written out for four)
+BLOCK = 4
+
+
+# ----------------------------------------------------------------------------- scalars
+
+
+@helper
+def _lerp_weights(steps, beta2_decay):
+    """Per tensor: ``1 − β̂₂ₜ = t^τ``, the weight of the new g² (float64, as the reference)."""
+    out = np.empty(steps.shape[0], np.float64)
+    for t in range(steps.shape[0]):
+        out[t] = steps[t] ** beta2_decay
+    return out
+
+
+@helper
+def _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness):
+    """Per tensor: ``−α/clip``, the reference's Python-float arithmetic on its norms.
+
+    ρ = min(γ, 1/√t), α = max(ε₂, RMS(θ))·ρ, clip = max(1, RMS(u)/d); the
+    norms are rounded to the tensor's dtype first (``norm(2).item()``).  A
+    float32 tensor ``lr`` makes ρ, and then α, 0-dim float32 tensors: their
+    arithmetic is float32's.
+    """
+    out = np.empty(steps.shape[0], np.float64)
+    for t in range(steps.shape[0]):
+        root = table[t, NUMEL] ** 0.5
+        rms = np.float64(_norm(sums[t, 0], witness)) / root
+        # max(ε₂, RMS(θ)) and max(1, RMS(u)/d): Python's max keeps the first unless the second is larger (NaN is not)
+        floor = rms if rms > eps2 else eps2
+        ratio = np.float64(_norm(sums[t, 1], witness)) / (root * d)
+        clip = ratio if ratio > 1.0 else 1.0
+        # ρ = min(γ, 1/√t): γ unless 1/√t is smaller
+        inverse = 1 / (steps[t] ** 0.5)
+        if lr_f32:
+            if np.float32(inverse) < np.float32(lr):
+                out[t] = -(floor * inverse) / clip
+            else:
+                alpha = np.float32(np.float32(floor) * np.float32(lr))
+                out[t] = np.float64(np.float32(-alpha / np.float32(clip)))
+        else:
+            rho = inverse if inverse < lr else lr
+            out[t] = -(floor * rho) / clip
+    return out
+
+
+# ----------------------------------------------------------------------------- elements
+
+
+@numba.njit(inline="always")
+def _square(x):
+    """x² in the compute precision, widened to be summed in float64.
+
+    As torch's norms square: in float32 for float32 and bfloat16, so a square
+    overflows to inf, or underflows to 0, where theirs does.
+    """
+    return np.float64(x * x)
+
+
+@helper
+def _norm(total, witness):
+    """‖x‖ as torch's ``norm`` returns it, from Σx² (of :func:`_square`).
+
+    The sum is rounded to the compute precision first: past float32's range it
+    is inf, as torch's float32 accumulator is; the root is rounded to the dtype.
+    """
+    return rounded(np.sqrt(scalar(total, witness)), witness)
+
+
+@numba.njit(inline="always")
+def _mean_square(total, size, witness):
+    """``norm(g, dim).square_().div_(size)`` from the sum of squares along ``dim``."""
+    norm = _norm(total, witness)
+    return rounded(rounded(norm * norm, witness) / scalar(size, witness), witness)
+
+
+@numba.njit(inline="always")
+def _root(var, floor, witness):
+    """``V̂.clamp_(min=ε₁²).rsqrt_()``, one element of a vector's V̂ (the clamp keeps NaN, as torch's).
+
+    The clamp comes first, as in the reference.
+    """
+    if var < floor:
+        var = floor
+    return rounded(scalar(1.0, witness) / rounded(np.sqrt(var), witness), witness)
+
+
+@numba.njit(inline="always")
+def _factored_root(line_scale, pos_scale, cap, witness):
+    """The same for an element of a matrix, from its two scales: min((r̄/R)^½ · C^(−½), ε₁^(−1)).
+
+    1/√x does not increase with x, so the clamp can come after the root;
+    ``cap`` is the reference's own rsqrt of ε₁².  The min keeps NaN, as the clamp.
+    """
+    root = line_scale * pos_scale
+    if root > cap:
+        root = cap
+    return rounded(root, witness)
+
+
+@numba.njit(inline="always")
+def _piece(k, end, inner, lines):
+    """The run of elements from ``k`` on that stays in one line: ``(line, offset in it, length, matrix)``."""
+    line = k // inner
+    offset = k - line * inner
+    return line, offset, min(end - k, inner - offset), line // lines
+
+
+@numba.njit(inline="always")
+def _ends(lo, n, size):
+    """The first and last block of ``size`` elements a segment touches, and whether the segment holds only part of each.
+
+    Blocks are lines (size: a line's length) or matrices (size: lines × length).
+    """
+    first, last = lo // size, (lo + n - 1) // size
+    first_partial = lo != first * size or lo + n < (first + 1) * size
+    last_partial = last != first and lo + n != (last + 1) * size
+    return first, first_partial, last, last_partial
+
+
+@numba.njit(inline="always")
+def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
+    """Σg² of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``: into ``line_sums``, and added to ``sums`` (per position)."""
+    g0 = column(table, t, GRAD, k, inner, witness)
+    g1 = column(table, t, GRAD, k + inner, inner, witness)
+    g2 = column(table, t, GRAD, k + 2 * inner, inner, witness)
+    g3 = column(table, t, GRAD, k + 3 * inner, inner, witness)
+    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    for i in range(inner):
+        s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
+        t0 += s0
+        t1 += s1
+        t2 += s2
+        t3 += s3
+        sums[i] += (s0 + s1) + (s2 + s3)
+    line_sums[0], line_sums[1], line_sums[2], line_sums[3] = t0, t1, t2, t3
+
+
+@numba.njit(inline="always")
+def _sharing(segments, s, t, end):
+    """One past the last segment, from ``s`` on, that holds elements of tensor ``t`` before element ``end``."""
+    s2 = s
+    while s2 < segments.shape[0] and segments[s2, 0] == t and segments[s2, 1] < end:
+        s2 += 1
+    return s2
+
+
+def _empty(n, witness):
+    """An uninitialised array of ``n`` numbers in the compute precision of ``witness``'s storage."""
+
+
+@overload(_empty, inline="always")
+def _empty_overload(n, witness):
+    if witness.dtype == types.float64:
+        return lambda n, witness: np.empty(n, np.float64)
+    return lambda n, witness: np.empty(n, np.float32)
+
+
+# ----------------------------------------------------------------------------- the kernel
+
+
+#: the shared flags but ``arcp``: with it LLVM computes 1/√x as a reciprocal-root estimate and a Newton
+#: step, which gives NaN for x = 0 and x = inf where the reference's rsqrt gives inf and 0
+_FASTMATH = FASTMATH - {"arcp"}
+
+
+@kernel(fastmath=_FASTMATH)
+def _adafactor_kernel(table, hyper, witness, grain):
+    lr, lr_f32, beta2_decay, eps1, eps2 = hyper[0], hyper[1] != 0, hyper[2], hyper[3], hyper[4]
+    d, decay, maximize = hyper[5], hyper[6], hyper[7] != 0
+    decays = decay != 1.0
+    keep = scalar(decay, witness)
+    one = scalar(1.0, witness)
+    row_floor = rounded(scalar(eps1, witness), witness)  # clamp_(min=ε₁)
+    var_floor = rounded(scalar(eps1 * eps1, witness), witness)  # clamp_(min=ε₁²)
+    cap = _root(var_floor, var_floor, witness)
+    steps = bump_steps(table, STEP)
+    lerp_weights = _lerp_weights(steps, beta2_decay)
+    count = table.shape[0]
+    # Arrays are made with np.empty and filled by the passes: np.zeros and np.full would be
+    # parallel loops of their own, scheduled one element at a time (the launcher's chunk size).
+    # where each matrix's line and position sums (and their scales, below) go
+    line_at = np.empty(count + 1, np.int64)
+    pos_at = np.empty(count + 1, np.int64)
+    line_at[0], pos_at[0] = 0, 0
+    widest = 0
+    for t in range(count):
+        lines, inner = table[t, LINES], table[t, INNER]
+        matrices = table[t, NUMEL] // (lines * inner) if table[t, FLAG] != VECTOR else 0
+        line_at[t + 1] = line_at[t] + matrices * lines
+        pos_at[t + 1] = pos_at[t] + matrices * inner
+        if matrices:
+            widest = max(widest, inner)
+    segments, starts = plan(table, max(grain, LINES_PER_CHUNK * widest))
+    nseg = segments.shape[0]
+    # each matrix segment's slots: the positions of a partial matrix at either end
+    slot_at = np.empty(nseg + 1, np.int64)
+    slot_at[0] = 0
+    for s in range(nseg):
+        t = segments[s, 0]
+        slot_at[s + 1] = slot_at[s] + (2 * table[t, INNER] if table[t, FLAG] != VECTOR else 0)
+    line_sq = np.empty(line_at[count], np.float64)
+    pos_sq = np.empty(pos_at[count], np.float64)
+    line_part = np.empty((nseg, 2), np.float64)
+    pos_part = np.empty(slot_at[nseg], np.float64)
+    line_scale = _empty(line_at[count], witness)
+    pos_scale = _empty(pos_at[count], witness)
+    partial = np.empty((nseg, 2), np.float64)
+
+    # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            param = column(table, t, PARAM, lo, n, witness)
+            grad = column(table, t, GRAD, lo, n, witness)
+            weights = 0.0
+            for i in range(n):
+                weights += _square(load(param, i))
+            partial[s, 0] = weights
+            if table[t, FLAG] == VECTOR:
+                w = scalar(lerp_weights[t], witness)
+                variance = column(table, t, VARIANCE, lo, n, witness)
+                updates = 0.0
+                for i in range(n):
+                    # G ← −g if maximize
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    # V̂ ← lerp(V̂, G², t^τ)
+                    v = rounded(lerp(load(variance, i), rounded(g * g, witness), w, one), witness)
+                    store(variance, i, v)
+                    # U ← max(V̂, ε₁²)^(−½) G
+                    u = rounded(_root(v, var_floor, witness) * g, witness)
+                    updates += _square(u)
+                partial[s, 1] = updates
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            size = lines * inner
+            line_first, _, _, _ = _ends(lo, n, inner)
+            head, head_partial, tail, tail_partial = _ends(lo, n, size)
+            slots = pos_part[slot_at[s] : slot_at[s + 1]]
+            for j in range(inner):
+                if head_partial:
+                    slots[j] = 0.0
+                if tail_partial:
+                    slots[inner + j] = 0.0
+            k = lo
+            while k < lo + n:
+                line, offset, m, b = _piece(k, lo + n, inner, lines)
+                grads = column(table, t, GRAD, k, m, witness)
+                # a matrix held whole sums its positions in place; a partial one, in this segment's slot
+                if b == head and head_partial:
+                    sums = slots[offset : offset + m]
+                elif b == tail and tail_partial:
+                    sums = slots[inner + offset : inner + offset + m]
+                else:
+                    whole = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+                    if k == b * size:
+                        for j in range(inner):
+                            whole[j] = 0.0
+                    sums = whole[offset : offset + m]
+                if m == inner and k + BLOCK * inner <= lo + n and (line + BLOCK - 1) // lines == b:
+                    # BLOCK whole lines of one matrix at once: the position sums are read and written once for all
+                    _block_square_sums(table, t, k, inner, sums, line_sq[line_at[t] + line : line_at[t] + line + BLOCK], witness)
+                    k += BLOCK * inner
+                    continue
+                total = 0.0
+                for i in range(m):
+                    square = _square(load(grads, i))
+                    total += square
+                    sums[i] += square
+                if m == inner:
+                    line_sq[line_at[t] + line] = total
+                elif line == line_first:
+                    line_part[s, 0] = total
+                else:
+                    line_part[s, 1] = total
+                k += m
+
+    # pass 2: per matrix (taken by the segment holding its first element)
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            if table[t, FLAG] == VECTOR:
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            size = lines * inner
+            w = scalar(lerp_weights[t], witness)
+            for b in range((lo + size - 1) // size, (lo + n - 1) // size + 1):
+                line_sums = line_sq[line_at[t] + b * lines : line_at[t] + (b + 1) * lines]
+                pos_sums = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+                if (b + 1) * size > lo + n:
+                    # shared with the next segments: the sums of the lines and positions they hold part of
+                    for j in range(inner):
+                        pos_sums[j] = 0.0
+                    for s2 in range(s, _sharing(segments, s, t, (b + 1) * size)):
+                        first, first_partial, last, last_partial = _ends(segments[s2, 1], segments[s2, 2], inner)
+                        if first_partial and first // lines == b:
+                            line_sums[first - b * lines] = 0.0
+                        if last_partial and last // lines == b:
+                            line_sums[last - b * lines] = 0.0
+                    for s2 in range(s, _sharing(segments, s, t, (b + 1) * size)):
+                        first, first_partial, last, last_partial = _ends(segments[s2, 1], segments[s2, 2], inner)
+                        if first_partial and first // lines == b:
+                            line_sums[first - b * lines] += line_part[s2, 0]
+                        if last_partial and last // lines == b:
+                            line_sums[last - b * lines] += line_part[s2, 1]
+                        head, head_partial, tail, tail_partial = _ends(segments[s2, 1], segments[s2, 2], size)
+                        slots = pos_part[slot_at[s2] : slot_at[s2 + 1]]
+                        if head_partial and head == b:
+                            for j in range(inner):
+                                pos_sums[j] += slots[j]
+                        if tail_partial and tail == b:
+                            for j in range(inner):
+                                pos_sums[j] += slots[inner + j]
+                # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
+                line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
+                for j in range(lines):
+                    store(line_var, j, rounded(lerp(load(line_var, j), _mean_square(line_sums[j], inner, witness), w, one), witness))
+                pos_var = column(table, t, POS_VAR, b * inner, inner, witness)
+                for j in range(inner):
+                    store(pos_var, j, rounded(lerp(load(pos_var, j), _mean_square(pos_sums[j], lines, witness), w, one), witness))
+                # r̄ ← max(mean_rows R, ε₁)  (R lies along the lines, or across them when transposed)
+                row_var = pos_var if table[t, FLAG] == TRANSPOSED else line_var
+                total = 0.0
+                for j in range(row_var.shape[0]):
+                    total += np.float64(load(row_var, j))
+                row_mean = rounded(scalar(total / row_var.shape[0], witness), witness)
+                if row_mean < row_floor:
+                    row_mean = row_floor
+                # V̂ = R ⊗ C / r̄, so V̂^(−½) = (r̄ / line factor)^½ · (position factor)^(−½): one scale per line and per position
+                for j in range(lines):
+                    root = np.sqrt(np.float64(row_mean) / np.float64(load(line_var, j)))
+                    line_scale[line_at[t] + b * lines + j] = scalar(root, witness)
+                for j in range(inner):
+                    pos_scale[pos_at[t] + b * inner + j] = scalar(1.0 / np.sqrt(np.float64(load(pos_var, j))), witness)
+
+    # pass 3: Σu² of every matrix, u from the new factors
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            if table[t, FLAG] == VECTOR:
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            updates = 0.0
+            k = lo
+            while k < lo + n:
+                line, offset, m, b = _piece(k, lo + n, inner, lines)
+                grads = column(table, t, GRAD, k, m, witness)
+                scale = line_scale[line_at[t] + line]
+                scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+                total = 0.0
+                for i in range(m):
+                    g = load(grads, i)
+                    if maximize:
+                        g = -g
+                    total += _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
+                updates += total
+                k += m
+            partial[s, 1] = updates
+
+    # α/clip per tensor
+    sums = np.empty((count, 2), np.float64)
+    for t in range(count):
+        sums[t, 0], sums[t, 1] = 0.0, 0.0
+    for s in range(nseg):
+        sums[segments[s, 0], 0] += partial[s, 0]
+        sums[segments[s, 0], 1] += partial[s, 1]
+    step_scales = _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness)
+
+    # pass 4: θ ← θ(1 − γλ) − α/clip · u
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            step = add_scalar(step_scales[t], witness)
+            if table[t, FLAG] == VECTOR:
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                variance = column(table, t, VARIANCE, lo, n, witness)
+                for i in range(n):
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    theta = load(param, i)
+                    if decays:
+                        theta = rounded(theta * keep, witness)
+                    u = rounded(_root(load(variance, i), var_floor, witness) * g, witness)
+                    store(param, i, theta + step * u)
+                continue
+            lines, inner = table[t, LINES], table[t, INNER]
+            k = lo
+            while k < lo + n:
+                line, offset, m, b = _piece(k, lo + n, inner, lines)
+                param = column(table, t, PARAM, k, m, witness)
+                grads = column(table, t, GRAD, k, m, witness)
+                scale = line_scale[line_at[t] + line]
+                scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+                for i in range(m):
+                    g = load(grads, i)
+                    if maximize:
+                        g = -g
+                    theta = load(param, i)
+                    if decays:
+                        theta = rounded(theta * keep, witness)
+                    u = rounded(_factored_root(scale, scales[i], cap, witness) * g, witness)
+                    store(param, i, theta + step * u)
+                k += m
+
+
+# ----------------------------------------------------------------------------- Python side
+
+
+def _layout(p: Tensor, entry) -> int:
+    """FLAG: a vector (fewer than two dimensions), a matrix stored row by row, or one stored column by column."""
+    if p.dim() < 2:
+        return VECTOR
+    return MATRIX if p.is_contiguous() else TRANSPOSED
+
+
+_PLAIN = (Tensor, torch.nn.Parameter)
+
+
+def _factor_fits(factor, p: Tensor, shape: tuple) -> bool:
+    return (
+        type(factor) in _PLAIN
+        and factor.dtype is p.dtype
+        and factor.is_cpu
+        and factor.layout is torch.strided
+        and factor.shape == shape
+        and factor.is_contiguous()
+    )
+
+
+def _own_columns(p: Tensor, entry, dry_run: bool):
+    """This module's columns of ``p``'s row and the state tensors they point to -- or why the kernel cannot take ``p``."""
+    if p.numel() == 0:
+        return "an empty parameter (the reference rule raises, as torch's does)"
+    if p.dim() < 2:
+        if dry_run and not entry:
+            return [0, 0, 0, 1, p.numel()], ()
+        variance = entry.get("variance")
+        reason = why_not(p, p.grad if p.grad is not None else p, (variance,))
+        if reason is not None:
+            return reason
+        return [variance.data_ptr(), 0, 0, 1, p.numel()], (variance,)
+    transposed = not p.is_contiguous()
+    if transposed and not p.transpose(-1, -2).is_contiguous():
+        return "a layout other than contiguous, or contiguous but for the last two dimensions swapped"
+    lines, inner = (p.shape[-1], p.shape[-2]) if transposed else (p.shape[-2], p.shape[-1])
+    if dry_run and not entry:
+        return [0, 0, 0, lines, inner], ()
+    row_var, col_var = entry.get("row_var"), entry.get("col_var")
+    if not (_factor_fits(row_var, p, (*p.shape[:-1], 1)) and _factor_fits(col_var, p, (*p.shape[:-2], 1, p.shape[-1]))):
+        return "row_var / col_var are not contiguous tensors of the parameter's dtype, shaped as Adafactor makes them"
+    line_var, pos_var = (col_var, row_var) if transposed else (row_var, col_var)
+    return [0, line_var.data_ptr(), pos_var.data_ptr(), lines, inner], (row_var, col_var)
+
+
+def _lr_reason(options: dict) -> str | None:
+    lr = options["lr"]
+    if isinstance(lr, Tensor) and lr.dtype not in (torch.float32, torch.float64):
+        return f"lr is a {lr.dtype} tensor (the reference's scalar arithmetic runs in that dtype)"
+    return None
+
+
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
+    """Sort the parameters (kernel batches, and the ``rest`` left to the reference rule); FLAG is the layout.
+
+    gather() checks each parameter, its gradient and its step; this adds each
+    row's state addresses and matrix shape, checked every step (a recalled
+    table gets them written afresh: the state tensors may have been replaced).
+    """
+    reason = _lr_reason(options)
+    if reason is not None:
+        out = gather((), state)
+        out.rest, out.reasons = list(params), [reason]
+        return out
+    out = gather(params, state, scalars=SCALARS, flag=_layout, dry_run=dry_run, reuse=reuse)
+    left = set(map(id, out.rest))
+    taken = [p for p in params if id(p) not in left]
+    found = [_own_columns(p, state.get(p) or {}, dry_run) for p in taken]
+    failed = [(p, why) for p, why in zip(taken, found) if isinstance(why, str)]
+    if failed:
+        if dry_run:
+            for p, why in failed:
+                out.leave(p, why)
+            return out
+        if reuse is not None:
+            reuse.gathered = None  # not a table to recall
+        bad = {id(p) for p, _ in failed}
+        out = gather([p for p in params if id(p) not in bad], state, scalars=SCALARS, flag=_layout)
+        for p, why in failed:
+            out.leave(p, why)
+        left = set(map(id, out.rest))
+        pairs = [(p, cols) for p, cols in zip(taken, found) if id(p) not in left and not isinstance(cols, str)]
+    else:
+        pairs = list(zip(taken, found))
+    if dry_run:
+        return out
+    for dtype, batch in out.batches.items():
+        mine = [cols for p, cols in pairs if p.dtype is dtype]
+        if len(batch.rows[0]) == VARIANCE:  # built this step
+            for row, (cols, _) in zip(batch.rows, mine):
+                row.extend(cols)
+        else:  # recalled: gather wrote each parameter and its step into ``written`` first
+            batch.table()[:, VARIANCE:] = [cols for cols, _ in mine]
+            del batch.written[2 * len(batch.rows) :]
+        for _, held in mine:
+            batch.written.extend(held)
+    return out
+
+
+def run_(gathered, options: dict) -> None:
+    """One Adafactor step for every batch of ``gathered`` (the options are the reference rule's keywords)."""
+    lr = as_scalar(options["lr"])
+    weight_decay = options["weight_decay"]
+    # θ ← θ(1 − γλ): the reference's own arithmetic (a float32 tensor when lr is one)
+    decay = float(1 - lr * weight_decay) if weight_decay != 0 else 1.0
+    hyper = (
+        float(lr),
+        isinstance(lr, Tensor) and lr.dtype == torch.float32,
+        float(options["beta2_decay"]),
+        float(options["eps1"]),
+        float(options["eps2"]),
+        float(options["d"]),
+        decay,
+        bool(options["maximize"]),
+    )
+    for batch in gathered.batches.values():
+        launch(_adafactor_kernel, batch, hyper)
