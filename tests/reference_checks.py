@@ -276,11 +276,6 @@ def assert_grad_scaler_skips_nonfinite(cls, kwargs, dtype=torch.float32, *, prep
     assert scaler.get_scale() < 2.0**10
 
 
-#: shapes whose groups (the first half, the second) a two-pass kernel cuts into
-#: several windows of 200 elements, with matrices in later windows
-WINDOWED_SHAPES = ((70000,), (33, 5), (40, 37), (4, 7), (), (1,), (9, 20))
-
-
 def assert_kernel_matches_reference(
     cls, kwargs, dtype, *, steps=8, prepare: Prepare = None, shapes=((70000,), (33, 5), (4, 7), (), (1,)), tol=None
 ) -> None:

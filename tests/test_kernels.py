@@ -125,7 +125,7 @@ def make_params(dtype, seed=0):
 
     values = [randn(), randn(0), randn(1), randn(7), randn(33, 3), randn(7, 5).t(), randn(TEST_GRAIN * 2 + 37)]
     values += [randn(97 + i) for i in range(12)]
-    values += [randn(40, 37)]  # a matrix in a later window of the two-pass kernels
+    values += [randn(40, 37)]  # a matrix after many vectors
     return [v.requires_grad_() for v in values]
 
 
@@ -189,7 +189,6 @@ def run_side_by_side(name, kwargs, dtype, params, grads_at, steps, gradless_step
 @pytest.fixture
 def small_grain(monkeypatch):
     monkeypatch.setattr(numba_launch, "GRAIN", TEST_GRAIN)
-    monkeypatch.setattr(numba_launch, "WINDOW", TEST_GRAIN)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
@@ -588,32 +587,6 @@ def test_plan_covers_every_element_once(grain):
             position += k
 
 
-
-@pytest.mark.parametrize("size", [1, 64, 500, 3000, 1 << 20])
-def test_windows_hold_whole_tensors_and_every_row(size):
-    """Windows cover the chunks in order, cut only where a tensor begins, and give every row (empty ones too) to one window."""
-    rng = np.random.default_rng(size)
-    numels = np.array([0, 1, 5000, 0, 3, 64, 65, 129, 10_000, 0] + list(rng.integers(0, 300, 20)) + [0], np.int64)
-    table = np.zeros((len(numels), 4), np.int64)
-    table[:, numba_launch.NUMEL] = numels
-    segments, starts = numba_launch.plan(table, 64)
-    chunks, rows = numba_launch.windows(table, segments, starts, size)
-    assert chunks[0] == 0 and chunks[-1] == len(starts) - 1 and (np.diff(chunks) > 0).all()
-    assert rows[0] == 0 and rows[-1] == len(numels) and (np.diff(rows) >= 0).all()
-    for w in range(len(chunks) - 1):
-        window = segments[starts[chunks[w]] : starts[chunks[w + 1]]]
-        assert window[0, 1] == 0  # begins with the start of a tensor
-        assert ((window[:, 0] >= rows[w]) & (window[:, 0] < rows[w + 1])).all()
-        filled = 0
-        for c in range(chunks[w], chunks[w + 1]):
-            chunk = segments[starts[c] : starts[c + 1]]
-            filled += chunk[:, 2].sum()
-            if c > chunks[w] and chunk[0, 1] == 0:  # could have been cut here: only if it overflowed
-                assert filled <= size
-        if w + 1 < len(chunks) - 1:  # cut because the next chunk overflowed
-            assert filled + segments[starts[chunks[w + 1]] : starts[chunks[w + 1] + 1], 2].sum() > size
-    if size >= numels.sum():
-        assert len(chunks) == 2
 
 def test_bfloat16_rounding_matches_torch():
     values = np.concatenate(

@@ -21,7 +21,6 @@ from reference_checks import (
     assert_late_parameter_matches_reference,
     assert_state_dict_roundtrip,
     run_against_reference,
-    WINDOWED_SHAPES,
 )
 
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
@@ -184,17 +183,6 @@ def test_kernel_matches_reference_rule(kwargs, dtype):
     about 2e-5 relative): the norms and ratios agree to that, the weights to the usual tolerance."""
     pytest.importorskip("numba")
     assert_kernel_matches_reference(fastoptim.Lamb, kwargs, dtype, tol=NORM_TOLERANCE[dtype])
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_in_small_windows_matches_reference_rule(dtype, monkeypatch):
-    """Both passes window by window: norms and ratios of the tensors of later windows too."""
-    pytest.importorskip("numba")
-    from fastoptim.kernels.cpu import _launch
-
-    monkeypatch.setattr(_launch, "WINDOW", 200)
-    kwargs = {"lr": 1e-2, "weight_decay": 0.1, "clamp": 2.0}
-    assert_kernel_matches_reference(fastoptim.Lamb, kwargs, dtype, shapes=WINDOWED_SHAPES, tol=NORM_TOLERANCE[dtype])
 
 
 def test_bfloat16_falls_back_to_the_reference_rule():

@@ -18,7 +18,6 @@ from reference_checks import (
     assert_late_parameter_matches_reference,
     assert_state_dict_roundtrip,
     run_against_reference,
-    WINDOWED_SHAPES,
 )
 
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
@@ -135,13 +134,3 @@ def test_kernel_matches_reference_rule(kwargs, dtype):
     pytest.importorskip("numba")
     assert_kernel_matches_reference(fastoptim.LARS, kwargs, dtype)
 
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_in_small_windows_matches_reference_rule(dtype, monkeypatch):
-    """Both passes window by window: the ratios of the matrices of later windows too."""
-    pytest.importorskip("numba")
-    from fastoptim.kernels.cpu import _launch
-
-    monkeypatch.setattr(_launch, "WINDOW", 200)
-    kwargs = {"lr": 0.1, "weight_decay": 0.1, "nesterov": True}
-    assert_kernel_matches_reference(fastoptim.LARS, kwargs, dtype, shapes=WINDOWED_SHAPES)

@@ -277,41 +277,6 @@ def stream_copy(dst, src):
 
 
 @numba.njit(inline="always")
-def windows(table, segments, starts, size):
-    """Group the chunks of :func:`plan` into windows of about ``size`` elements, cut only where a tensor begins.
-
-    Returns ``(chunks, rows)``: window ``w`` is chunks ``chunks[w] ..
-    chunks[w+1]`` and table rows ``rows[w] .. rows[w+1]`` (empty tensors
-    included).  A kernel whose second pass needs per-tensor sums from its
-    first runs both passes window by window, so the second pass finds the
-    window's tensors still in cache instead of reading them from memory again.
-    A tensor bigger than ``size`` gets a window of its own (and no such luck).
-    """
-    nchunk = starts.shape[0] - 1
-    chunks = np.empty(nchunk + 1, np.int64)
-    rows = np.empty(nchunk + 1, np.int64)
-    chunks[0] = 0
-    rows[0] = 0
-    nwindow = 0
-    filled = 0
-    for c in range(nchunk):
-        first = starts[c]
-        elements = 0
-        for s in range(first, starts[c + 1]):
-            elements += segments[s, 2]
-        if filled > 0 and filled + elements > size and segments[first, 1] == 0:
-            nwindow += 1
-            chunks[nwindow] = c
-            rows[nwindow] = segments[first, 0]
-            filled = 0
-        filled += elements
-    nwindow += 1
-    chunks[nwindow] = nchunk
-    rows[nwindow] = table.shape[0]
-    return chunks[: nwindow + 1], rows[: nwindow + 1]
-
-
-@numba.njit(inline="always")
 def zeros(rows, cols):
     """A ``(rows, cols)`` float64 array of zeros, filled by a serial loop.
 
@@ -324,13 +289,6 @@ def zeros(rows, cols):
         for k in range(cols):
             out[i, k] = 0.0
     return out
-
-
-#: elements per window of a two-pass kernel (see :func:`windows`): 1M float32
-#: elements of four arrays take 16 MiB, half the L3 of the machines measured
-WINDOW = 1 << 20
-#: chunks a window is cut into (at most), so that its threads stay balanced
-WINDOW_CHUNKS = 16
 
 
 @numba.njit(inline="always")
