@@ -265,6 +265,19 @@ def _empty_overload(n, witness):
 _FASTMATH = FASTMATH - {"arcp"}
 
 
+@numba.njit(inline="always")
+def _move(param, grad, i, root, maximize, decays, keep, step, witness):
+    """Element ``i`` of the step: θ ← θ(1 − γλ) − α/clip · u, with u = V̂^(-1/2)·g (``root`` is V̂^(-1/2))."""
+    g = load(grad, i)
+    if maximize:
+        g = -g
+    theta = load(param, i)
+    if decays:
+        theta = rounded(theta * keep, witness)
+    u = rounded(root * g, witness)
+    store(param, i, theta + step * u)
+
+
 @kernel(fastmath=_FASTMATH)
 def _adafactor_kernel(table, hyper, witness, grain):
     lr, lr_f32, beta2_decay, eps1, eps2 = hyper[0], hyper[1] != 0, hyper[2], hyper[3], hyper[4]
@@ -479,14 +492,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
                 grad = column(table, t, GRAD, lo, n, witness)
                 variance = column(table, t, VARIANCE, lo, n, witness)
                 for i in range(n):
-                    g = load(grad, i)
-                    if maximize:
-                        g = -g
-                    theta = load(param, i)
-                    if decays:
-                        theta = rounded(theta * keep, witness)
-                    u = rounded(_root(load(variance, i), var_floor, witness) * g, witness)
-                    store(param, i, theta + step * u)
+                    _move(param, grad, i, _root(load(variance, i), var_floor, witness), maximize, decays, keep, step, witness)
                 continue
             lines, inner = table[t, LINES], table[t, INNER]
             k = lo
@@ -497,14 +503,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
                 scale = line_scale[line_at[t] + line]
                 scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
                 for i in range(m):
-                    g = load(grads, i)
-                    if maximize:
-                        g = -g
-                    theta = load(param, i)
-                    if decays:
-                        theta = rounded(theta * keep, witness)
-                    u = rounded(_factored_root(scale, scales[i], cap, witness) * g, witness)
-                    store(param, i, theta + step * u)
+                    _move(param, grads, i, _factored_root(scale, scales[i], cap, witness), maximize, decays, keep, step, witness)
                 k += m
 
 
