@@ -62,7 +62,7 @@ def _next_eta_ieee(lr, lambd, alpha, step):
     The same operations in the same order as the kernel (float64, no
     fast-math), so the reference and the kernel agree bit for bit.  Only
     reached where torch itself does not raise (``foreach=True``: tensor
-    arithmetic): in torch's for-loop configuration :meth:`ASGD._check_param`
+    arithmetic): in torch's for-loop configuration :meth:`ASGD._check_params`
     has raised before anything was updated.
     """
     try:
@@ -177,19 +177,23 @@ class ASGD(ElementwiseOptimizer):
         fill_group_defaults(self, foreach=None, maximize=False, differentiable=False, capturable=False)
         tensorize_scalar_state(self, ("step", "eta", "mu"), lambda group: True)
 
-    def _check_param(self, param: Tensor, group: dict) -> None:
-        """Also raise, before anything is updated, what torch's η update raises for this parameter.
+    def _check_params(self, params: list[Tensor], group: dict) -> None:
+        """Also raise, before anything is updated, what torch's η update raises for these parameters.
 
         torch's for-loop (``foreach`` False, or None on the CPU) without
         ``capturable`` computes the next η in Python floats after updating the
         parameter, so a schedule whose ``(1 + λγt)^α`` is 0 (e.g. ``alpha=-inf``)
         raises ``ZeroDivisionError``, and one whose power overflows
         ``OverflowError``, at the step ``t`` where that happens.  The same
-        expression is evaluated here for the step this update will reach; the
-        parameter and its state are left as they were.  With a tensor
+        expression is evaluated here for the step each update will reach; the
+        parameters and their state are left as they were.  With a tensor
         hyper-parameter, ``foreach=True`` or ``capturable=True`` torch computes
-        in tensors and never raises (η becomes ``inf``/NaN), and so does fastoptim.
+        in tensors and never raises (η becomes ``inf``/NaN), and so does
+        fastoptim.  With 0 ≤ α ≤ 1 and λγ ≥ 0 (the defaults) the power lies
+        between 1 and its base, which Python raises on for no step, so no
+        parameter's step is read.
         """
+        super()._check_params(params, group)
         if group["capturable"] or torch.compiler.is_compiling():
             return
         lr, lambd, alpha = as_scalar(group["lr"]), group["lambd"], group["alpha"]
@@ -197,11 +201,14 @@ class ASGD(ElementwiseOptimizer):
             return
         if alpha == 0 or lambd * lr == 0:
             return  # the power is 1 (or NaN): nothing can raise
-        if self._torch_uses_foreach(param, group):
-            return
-        entry = self.state.get(param)
-        step = self._next_step(entry["step"]) if entry else 1.0
-        _next_eta(lr, lambd, alpha, step)
+        if 0 <= alpha <= 1 and lambd * lr >= 0:
+            return  # 1 ≤ (1 + λγt)^α ≤ 1 + λγt: neither 0 nor an overflow
+        for param in params:
+            if self._torch_uses_foreach(param, group):
+                continue
+            entry = self.state.get(param)
+            step = self._next_step(entry["step"]) if entry else 1.0
+            _next_eta(lr, lambd, alpha, step)
 
     @staticmethod
     def _torch_uses_foreach(param: Tensor, group: dict) -> bool:
