@@ -292,16 +292,18 @@ def zeros(rows, cols):
 
 
 @numba.njit(inline="always")
-def add_sums(sums, partial, segments, first, last):
-    """Add the per-segment partial sums ``partial[first:last]`` into their tensors' rows of ``sums``.
+def tensor_sums(partial, segments, count):
+    """Per tensor, the sum of its segments' rows of ``partial`` (a reduction's per-segment partial sums).
 
     The second half of a norm: a pass fills ``partial[s]`` for each segment
-    ``s`` of :func:`plan`; this adds them up per tensor.
+    ``s`` of :func:`plan`; this adds them up for each of the ``count`` tensors.
     """
-    for s in range(first, last):
+    sums = zeros(count, partial.shape[1])
+    for s in range(segments.shape[0]):
         t = segments[s, 0]
         for k in range(partial.shape[1]):
             sums[t, k] += partial[s, k]
+    return sums
 
 
 @intrinsic

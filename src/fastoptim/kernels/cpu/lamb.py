@@ -30,7 +30,6 @@ from ._launch import (
     GRAD,
     PARAM,
     Reuse,
-    add_sums,
     add_scalar,
     column,
     columns,
@@ -43,6 +42,7 @@ from ._launch import (
     scalar,
     set_scalar,
     store,
+    tensor_sums,
     zeros,
 )
 
@@ -109,8 +109,7 @@ def _lamb_kernel(table, hyper, witness, grain):
             partial[s, 1] = updates
     # r ← φ(‖θ‖)/(‖u‖ + ε) per tensor, in the tensor's precision
     count = table.shape[0]
-    sums = zeros(count, 2)
-    add_sums(sums, partial, segments, 0, segments.shape[0])
+    sums = tensor_sums(partial, segments, count)
     ratios = np.empty(count, np.float64)
     for t in range(count):
         weight_norm = scalar(np.sqrt(sums[t, 0]), witness)

@@ -30,7 +30,6 @@ from ._launch import (
     GRAD,
     PARAM,
     Reuse,
-    add_sums,
     add_scalar,
     column,
     columns,
@@ -42,6 +41,7 @@ from ._launch import (
     rounded,
     scalar,
     store,
+    tensor_sums,
     zeros,
 )
 
@@ -92,8 +92,7 @@ def _lars_kernel(table, hyper, witness, grain):
             partial[s, 1] = grads
     # r per matrix, in the tensor's precision
     count = table.shape[0]
-    sums = zeros(count, 2)
-    add_sums(sums, partial, segments, 0, segments.shape[0])
+    sums = tensor_sums(partial, segments, count)
     ratios = np.empty(count, np.float64)
     for t in range(count):
         ratios[t] = 1.0
