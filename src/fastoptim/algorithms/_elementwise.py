@@ -51,11 +51,11 @@ class ElementwiseOptimizer(Optimizer):
     def _check_params(self, params: list[Tensor], group: dict[str, Any]) -> None:
         """Reject what the rule cannot handle, before any parameter is touched.
 
-        The checks every algorithm shares run over the whole list, each in one
-        expression (a step pays them for every parameter; generator
-        expressions, which torch.compile traces, unlike ``map(attrgetter)``);
-        then :meth:`_check_group` and :meth:`_check_param`, the algorithm's
-        own, when it has them.
+        The checks every algorithm shares run once per group: the one every
+        step pays (sparse gradients) as a single generator expression (which
+        torch.compile traces, unlike ``map(attrgetter)``), the others only
+        when their option is set; then :meth:`_check_group` and
+        :meth:`_check_param`, the algorithm's own, when it has them.
         """
         if not params:
             return
