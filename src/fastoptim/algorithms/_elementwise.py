@@ -27,6 +27,19 @@ from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 from ..optimizer import Optimizer
 
 
+#: :mod:`fastoptim.kernels.dispatch`, imported on the first step (it imports the algorithms)
+_dispatch_module: Any = None
+
+
+def _dispatch() -> Any:
+    global _dispatch_module
+    if _dispatch_module is None:
+        from ..kernels import dispatch
+
+        _dispatch_module = dispatch
+    return _dispatch_module
+
+
 class ElementwiseOptimizer(Optimizer):
     """Base for SGD, Adam and the other per-parameter algorithms."""
 
@@ -128,6 +141,4 @@ class ElementwiseOptimizer(Optimizer):
         The dispatcher (:mod:`fastoptim.kernels.dispatch`) chooses; an
         algorithm with its own fast path for whole groups (Muon) overrides this.
         """
-        from ..kernels.dispatch import update_group
-
-        update_group(self, group, params)
+        _dispatch().update_group(self, group, params)

@@ -155,8 +155,6 @@ def _reuse_of(optimizer: Any, group: dict[str, Any]) -> Reuse:
     optimizer is pickled or copied, and replaced groups (``load_state_dict``)
     get fresh entries.
     """
-    from .cpu._launch import Reuse
-
     tables = optimizer.__dict__.get("_kernel_tables")
     if tables is None:
         tables = optimizer.__dict__["_kernel_tables"] = {}
@@ -166,6 +164,8 @@ def _reuse_of(optimizer: Any, group: dict[str, Any]) -> Reuse:
             live = {id(g) for g in optimizer.param_groups}
             for key in [k for k in tables if k not in live]:
                 del tables[key]
+        from .cpu._launch import Reuse  # numba is imported on the first kernel step, not with fastoptim
+
         found = tables[id(group)] = (group, Reuse())
     return found[1]
 

@@ -44,6 +44,11 @@ from torch import Tensor
 
 from . import _cache
 
+try:  # numba's thread control (for :func:`_thread_setters`)
+    from numba.np.ufunc import parallel as _numba_parallel
+except ImportError:  # pragma: no cover - numba reorganised
+    _numba_parallel = None
+
 # OpenMP first: with torch loaded, numba's OpenMP layer runs on the very
 # libgomp threads torch uses, so the two never compete for cores (a separate
 # TBB or workqueue pool would, with torch's OpenMP threads still spinning after
@@ -894,6 +899,22 @@ def _grain(numel: int, threads: int) -> int:
     return max(GRAIN, min(MAX_GRAIN, numel // (threads * CHUNKS_PER_THREAD)))
 
 
+def _thread_setters() -> tuple[Callable[[int], Any], Callable[[int], int]]:
+    """numba's setters of this thread's thread count and chunk size.
+
+    Once numba's threads are up, its C functions themselves: the public
+    ``numba.set_num_threads`` / ``set_parallel_chunksize`` check that the
+    threads are up under a process lock on every call, which costs about
+    35 µs per launch when the step's own traffic has evicted that code.
+    (The thread count is always in range: see :func:`_threads`.)
+    """
+    if _numba_parallel is not None and getattr(_numba_parallel, "_is_initialized", False):
+        setters = getattr(_numba_parallel, "_set_num_threads", None), getattr(_numba_parallel, "_set_parallel_chunksize", None)
+        if None not in setters:
+            return setters
+    return numba.set_num_threads, numba.set_parallel_chunksize
+
+
 def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
     """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, and bump the version counters.
 
@@ -913,10 +934,11 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
     with _launch_lock:
         threads = _threads(batch.numel, wanted)
         grain = _grain(batch.numel, threads)
-        numba.set_num_threads(threads)
+        set_num_threads, set_chunksize = _thread_setters()
+        set_num_threads(threads)
         # Chunks are handed out one at a time, not split evenly up front: on a
         # shared machine a descheduled thread's chunks go to the other threads.
-        previous_chunksize = numba.set_parallel_chunksize(1)
+        previous_chunksize = set_chunksize(1)
         try:
             if key in _warm:
                 result = kernel_fn(table, scalars, batch.witness, grain)
@@ -925,7 +947,7 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
                     result = kernel_fn(table, scalars, batch.witness, grain)
                 _warm.add(key)
         finally:
-            numba.set_parallel_chunksize(previous_chunksize)
+            set_chunksize(previous_chunksize)
     if torch.get_num_threads() != wanted:
         # numba's OpenMP pool is torch's libgomp: starting it resets the
         # process-wide OpenMP thread count, which torch reports as its own.
