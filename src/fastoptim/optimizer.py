@@ -123,10 +123,12 @@ def _profiler_range(name: str) -> Any:
     Eagerly it is torch's C++ ``_RecordFunctionFast``: the same event for
     profilers, but ``record_function`` goes through Python op dispatch, which
     costs 130-180 µs when a step's memory traffic has just evicted it from
-    cache (measured: tools/step_phases.py).  Under torch.compile, dynamo
-    knows ``record_function``.
+    cache (measured: tools/step_phases.py).  Under torch.compile (dynamo
+    knows ``record_function``) and under a ``TorchDispatchMode`` (``make_fx``
+    traces the range as an op, as it does torch.optim's) it is
+    ``record_function``.
     """
-    if _fast_range is None or torch.compiler.is_compiling():
+    if _fast_range is None or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() > 0:
         return torch.autograd.profiler.record_function(name)
     return _fast_range(name)
 
