@@ -227,3 +227,112 @@ def test_explain_before_the_first_step_reports_numba():
     assert explain(opt)[0]["backend"] == "numba"
     p.grad = sparse_grad((10, 4), torch.float32, torch.Generator().manual_seed(5), duplicates=True)
     assert explain(opt)[0]["backend"] == "numba"
+
+
+def _step_both(fast, ref, grads):
+    for opt in (fast, ref):
+        for p, g in zip(opt.param_groups[0]["params"], grads):
+            p.grad = g.clone()
+    with use_backend("numba"):
+        fast.step()
+    with use_backend("reference"):
+        ref.step()
+    for i, (p, q) in enumerate(zip(fast.param_groups[0]["params"], ref.param_groups[0]["params"])):
+        _close(p.detach(), q.detach(), p.dtype, f"param {i}")
+        a, b = fast.state[p], ref.state[q]
+        assert a["step"] == b["step"], i
+        for key in ("exp_avg", "exp_avg_sq"):
+            _close(a[key], b[key], p.dtype, f"param {i} {key}")
+
+
+def test_kept_table_follows_what_changes_between_steps():
+    """The table is kept from step to step (SparseReuse): new rows, row counts and steps are written
+    into it; replaced state, an empty gradient or an out-of-range index are still seen."""
+    from fastoptim.kernels.cpu.sparse_adam import SparseReuse
+
+    gen = torch.Generator().manual_seed(6)
+    shapes = [(30, 4), (17,), (12, 2, 3)]
+    params = [torch.randn(s, generator=gen).requires_grad_() for s in shapes]
+    fast = fastoptim.SparseAdam(params, lr=0.05)
+    ref = copy.deepcopy(fast)
+    recalled = []
+    original = SparseReuse.recall
+
+    def counting(self, *args):
+        out = original(self, *args)
+        recalled.append(out is not None)
+        return out
+
+    def grads(**kw):
+        return [sparse_grad(s, torch.float32, gen, **kw) for s in shapes]
+
+    SparseReuse.recall = counting
+    try:
+        for step in range(4):  # rows and row counts change every step
+            _step_both(fast, ref, grads(nnz=3 + step, duplicates=step % 2 == 1))
+        assert recalled == [False, True, True, True]
+        # the moments replaced (a checkpoint loaded into both)
+        saved = copy.deepcopy(ref.state_dict())
+        fast.load_state_dict(copy.deepcopy(saved))
+        ref.load_state_dict(copy.deepcopy(saved))
+        _step_both(fast, ref, grads())
+        assert recalled[-1] is False
+        _step_both(fast, ref, grads())
+        assert recalled[-1] is True
+        # one empty gradient: only its step advances
+        empty = grads()
+        empty[1] = sparse_grad(shapes[1], torch.float32, gen, nnz=0)
+        _step_both(fast, ref, empty)
+        _step_both(fast, ref, grads())
+        # the step counter edited in place of an int
+        for opt in (fast, ref):
+            opt.state[opt.param_groups[0]["params"][0]]["step"] = 100
+        _step_both(fast, ref, grads())
+        assert recalled[-1] is True
+        # state entries replaced by copies holding the same tensors: the steps land in the new ones
+        for opt in (fast, ref):
+            for p in opt.param_groups[0]["params"]:
+                opt.state[p] = dict(opt.state[p])
+        _step_both(fast, ref, grads())
+        assert recalled[-1] is True
+    finally:
+        SparseReuse.recall = original
+
+
+def test_kept_table_checks_every_index_of_a_new_gradient():
+    """A gradient with more rows than the last one, the out-of-range index last: torch's IndexError,
+    nothing written by the kernel (a stale row count in the kept table would check too few indices)."""
+    params = [torch.zeros(30, 4, requires_grad=True), torch.zeros(12, 2, 3, requires_grad=True)]
+    fast = fastoptim.SparseAdam(params)
+    ref = copy.deepcopy(fast)
+    rows = torch.tensor([[0, 1]])
+    for _ in range(2):
+        _step_both(fast, ref, [torch.sparse_coo_tensor(rows, torch.ones(2, *p.shape[1:]), p.shape) for p in params])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bad = [
+            torch.sparse_coo_tensor(torch.tensor([[0, 1, 5]]), torch.ones(3, 4), (30, 4)),
+            torch.sparse_coo_tensor(torch.tensor([[0, 1, 2, 3, 40]]), torch.ones(5, 2, 3), (12, 2, 3), check_invariants=False),
+        ]
+    for opt in (fast, ref):
+        for p, g in zip(opt.param_groups[0]["params"], bad):
+            p.grad = g
+    with use_backend("numba"), pytest.raises(IndexError):
+        fast.step()
+    with use_backend("reference"), pytest.raises(IndexError):
+        ref.step()
+    for p, q in zip(fast.param_groups[0]["params"], ref.param_groups[0]["params"]):
+        _close(p.detach(), q.detach(), p.dtype, "after IndexError")
+        assert fast.state[p]["step"] == ref.state[q]["step"]
+
+
+def test_kept_table_refuses_a_dense_gradient_before_updating():
+    p = torch.randn(6, 2, requires_grad=True)
+    opt = fastoptim.SparseAdam([p])
+    p.grad = sparse_grad((6, 2), torch.float32, torch.Generator().manual_seed(7))
+    opt.step()
+    before = p.detach().clone(), copy.deepcopy(opt.state[p])
+    p.grad = torch.randn(6, 2)
+    with pytest.raises(RuntimeError, match="does not support dense gradients"):
+        opt.step()
+    assert torch.equal(p.detach(), before[0]) and opt.state[p]["step"] == before[1]["step"]

@@ -137,8 +137,9 @@ class SparseAdam(ElementwiseOptimizer):
                 f"Complex params at indices {where['complex']}: SparseAdam does not support complex parameters"
             )
 
-    def _check_param(self, param: Tensor, group: dict) -> None:
-        if not param.grad.is_sparse:
+    def _check_params(self, params: list[Tensor], group: dict) -> None:
+        super()._check_params(params, group)
+        if not all(p.grad.is_sparse for p in params):
             raise RuntimeError("SparseAdam does not support dense gradients, please consider Adam instead")
 
     def _init_state(self, param: Tensor, group: dict) -> dict:

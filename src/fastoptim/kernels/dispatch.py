@@ -148,8 +148,8 @@ def _kernel_step(
     return gathered.rest
 
 
-def _reuse_of(optimizer: Any, group: dict[str, Any]) -> Reuse:
-    """The group's :class:`Reuse` (its last kernel table), kept on the optimizer.
+def _reuse_of(optimizer: Any, group: dict[str, Any], module: Any) -> Reuse:
+    """The group's :class:`Reuse` (its last kernel table; ``module.REUSE`` if the module names one), kept on the optimizer.
 
     Keyed by the group's identity; ``_kernel_tables`` is dropped when the
     optimizer is pickled or copied, and replaced groups (``load_state_dict``)
@@ -166,7 +166,7 @@ def _reuse_of(optimizer: Any, group: dict[str, Any]) -> Reuse:
                 del tables[key]
         from .cpu._launch import Reuse  # numba is imported on the first kernel step, not with fastoptim
 
-        found = tables[id(group)] = (group, Reuse())
+        found = tables[id(group)] = (group, getattr(module, "REUSE", Reuse)())
     return found[1]
 
 
@@ -195,7 +195,7 @@ def update_group(optimizer: Any, group: dict[str, Any], params: list[Tensor]) ->
         view.write_back(optimizer.state, [a for a in view.params if id(a) not in left_ids])
         rest += view.original(left)
     if params:
-        rest += _kernel_step(module, params, optimizer.state, options, strict, _reuse_of(optimizer, group))
+        rest += _kernel_step(module, params, optimizer.state, options, strict, _reuse_of(optimizer, group, module))
     if rest:
         run_reference(optimizer, group, rest, options)
 

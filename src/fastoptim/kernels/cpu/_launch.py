@@ -598,7 +598,10 @@ class Reuse:
     nothing in cache, and every Python operation per parameter costs there.
     Anything else -- another parameter list, a parameter falling back, several
     dtypes in one group -- builds a new table.  The optimizer owns one per
-    group (see :func:`fastoptim.kernels.dispatch.update_group`).
+    group (see :func:`fastoptim.kernels.dispatch.update_group`); a kernel
+    module whose gradients are not dense tensors names its own subclass as
+    ``REUSE`` (SparseAdam's: :meth:`_remember_grads` and
+    :meth:`_refresh_grads` are the gradient part).
     """
 
     __slots__ = (
@@ -630,19 +633,21 @@ class Reuse:
         self.gathered = None
         if out.rest or len(out.batches) != 1:
             return
-        grads = list(map(_grad_of, params))
         self.names, self.params = names, list(params)
         self.addresses, self.shapes = list(map(_data_ptr, params)), list(map(_shape_of, params))
         self.strides, self.dtypes = list(map(_stride_of, params)), list(map(_dtype_of, params))
         self.contiguous = list(map(_is_contiguous, params))
         # the launch that follows bumps every parameter's version once
         self.versions = [version + 1 for version in map(_version_of, params)]
-        self.grads = list(map(weakref.ref, grads))
-        self.grad_addresses, self.grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
-        self.grad_strides, self.grad_contiguous = list(map(_stride_of, grads)), list(map(_is_contiguous, grads))
+        self._remember_grads(list(map(_grad_of, params)))
         self.held = _held(params, state, fetch, len(names))
         self.held_addresses = list(map(_data_ptr, self.held))
         self.gathered = out
+
+    def _remember_grads(self, grads: list[Tensor]) -> None:
+        self.grads = list(map(weakref.ref, grads))
+        self.grad_addresses, self.grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
+        self.grad_strides, self.grad_contiguous = list(map(_stride_of, grads)), list(map(_is_contiguous, grads))
 
     def recall(
         self, params: Sequence[Tensor], state: Any, names: tuple[str, ...], fetch: Callable, flag: Callable | None
@@ -665,30 +670,39 @@ class Reuse:
             held = _held(params, state, fetch, len(names))
             if not all(map(operator.is_, held, self.held)) or list(map(_data_ptr, held)) != self.held_addresses:
                 return None
-            grads = list(map(_grad_of, params))
-            grad_addresses, grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
-            same = (
-                all(map(operator.is_, grads, [ref() for ref in self.grads]))
-                and grad_addresses == self.grad_addresses
-                and grad_versions == self.grad_versions
-                and not _relaid(grads, self.grad_contiguous, self.grad_strides)
-            )
-            # new gradients (after zero_grad(), the usual case) or rewritten ones must still fit their rows
-            grad_strides = None if same else self._fitting(params, grads)
-            if not same and grad_strides is None:
+            if not self._refresh_grads(params, state, batch):
                 return None
         except (KeyError, TypeError, AttributeError, RuntimeError):  # state or gradient no longer fit the table
             return None
-        if not same:
-            batch.table()[:, GRAD] = grad_addresses
-            self.grads = list(map(weakref.ref, grads))
-            self.grad_addresses, self.grad_versions = grad_addresses, grad_versions
-            self.grad_strides, self.grad_contiguous = grad_strides, list(map(_is_contiguous, grads))
         self.versions = [version + 1 for version in versions]
         if flag is not None:
             state_get = state.get
             batch.table()[:, FLAG] = [flag(p, state_get(p)) for p in params]
         return out
+
+    def _refresh_grads(self, params: Sequence[Tensor], state: Any, batch: Batch) -> bool:
+        """Bring the table's gradient column up to date; False when a gradient no longer fits it.
+
+        Nothing is changed unless it returns True (it may raise, as :meth:`recall` expects).
+        """
+        grads = list(map(_grad_of, params))
+        grad_addresses, grad_versions = list(map(_data_ptr, grads)), list(map(_version_of, grads))
+        if (
+            all(map(operator.is_, grads, [ref() for ref in self.grads]))
+            and grad_addresses == self.grad_addresses
+            and grad_versions == self.grad_versions
+            and not _relaid(grads, self.grad_contiguous, self.grad_strides)
+        ):
+            return True
+        # new gradients (after zero_grad(), the usual case) or rewritten ones must still fit their rows
+        grad_strides = self._fitting(params, grads)
+        if grad_strides is None:
+            return False
+        batch.table()[:, GRAD] = grad_addresses
+        self.grads = list(map(weakref.ref, grads))
+        self.grad_addresses, self.grad_versions = grad_addresses, grad_versions
+        self.grad_strides, self.grad_contiguous = grad_strides, list(map(_is_contiguous, grads))
+        return True
 
     def _fitting(self, params: Sequence[Tensor], grads: list[Any]) -> list[tuple[int, ...]] | None:
         """The strides of new gradients that can take the old ones' places (as :func:`why_not` would judge

@@ -33,6 +33,7 @@ reference rule instead, which raises torch's ``IndexError``.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 import torch
@@ -42,10 +43,12 @@ from fastoptim.algorithms.sparse_adam import sparse_adam_reference
 
 from ._launch import (
     GRAD,
+    NUMEL,
     PARAM,
     STORAGE,
     Batch,
     Gathered,
+    Reuse,
     all_to_reference_if_repeated,
     add_scalar,
     column,
@@ -59,6 +62,7 @@ from ._launch import (
     scalar,
     store,
 )
+from ._launch import _data_ptr, _dtype_of, _grad_of, _is_contiguous, _is_cpu_of, _layout_of, _shape_of, _PLAIN_TYPE_SET
 
 BUFFERS = ("exp_avg", "exp_avg_sq")
 _COL = columns((), BUFFERS)
@@ -214,16 +218,83 @@ def _state_reason(p, entry) -> str | None:
     return None
 
 
-def gather_(params, state, options: dict, dry_run: bool = False, reuse: object = None) -> Gathered:
+_FETCH = operator.itemgetter(*BUFFERS)
+_SPARSE_COO = torch.sparse_coo
+_sparse_dim = torch.Tensor.sparse_dim
+_coalesce = torch.Tensor.coalesce
+_indices_of = torch.Tensor._indices
+_values_of = torch.Tensor._values
+_nnz = torch.Tensor._nnz
+_numel = torch.Tensor.numel
+
+
+class SparseReuse(Reuse):
+    """A group's table kept from step to step: parameter and moment columns reused, gradient columns rebuilt.
+
+    Each sparse gradient is a new tensor with its own rows, so every step
+    coalesces them and writes their addresses, row counts and the new steps
+    into the table; the parameters and moments are checked as for the dense
+    kernels.  Anything unusual (an empty gradient, a step that is not an int,
+    ...) builds a new table through :func:`gather_`.
+    """
+
+    __slots__ = ()
+
+    def _remember_grads(self, grads: list[torch.Tensor]) -> None:
+        pass  # rebuilt every step
+
+    def _refresh_grads(self, params, state, batch: SparseBatch) -> bool:
+        grads = list(map(_grad_of, params))
+        if not (
+            set(map(type, grads)) <= _PLAIN_TYPE_SET
+            and set(map(_layout_of, grads)) == {_SPARSE_COO}
+            and all(map(_is_cpu_of, grads))
+            and list(map(_dtype_of, grads)) == self.dtypes
+            and list(map(_shape_of, grads)) == self.shapes
+            and set(map(_sparse_dim, grads)) == {1}
+        ):
+            return False
+        entries = list(map(state.get, params))
+        steps = [entry["step"] for entry in entries]
+        if set(map(type, steps)) != {int} or min(steps) < 0 or max(steps) >= _MAX_STEP:
+            return False
+        # The moments are updated by scattering increments, so indices must be unique.
+        coalesced = list(map(_coalesce, grads))
+        indices, values = list(map(_indices_of, coalesced)), list(map(_values_of, coalesced))
+        numels = list(map(_numel, values))
+        if 0 in numels or not (all(map(_is_contiguous, indices)) and all(map(_is_contiguous, values))):
+            return False  # an empty gradient writes nothing: the table's list of written tensors would change
+        table = batch.table()
+        table[:, NUMEL] = numels
+        table[:, GRAD] = list(map(_data_ptr, values))
+        table[:, INDICES] = list(map(_data_ptr, indices))
+        table[:, NNZ] = list(map(_nnz, coalesced))
+        table[:, STEP] = [step + 1 for step in steps]
+        batch.numel = sum(numels)
+        batch.entries = entries
+        batch.grads = coalesced
+        return True
+
+
+#: the table keeper :func:`fastoptim.kernels.dispatch.update_group` gives :func:`gather_`
+REUSE = SparseReuse
+
+
+def gather_(params, state, options: dict, dry_run: bool = False, reuse: SparseReuse | None = None) -> Gathered:
     """Sort the parameters: kernel batches (gradients coalesced), and the ``rest`` left to the reference rule.
 
-    A table is built every step (``reuse`` is ignored): each sparse gradient
-    is a new tensor with its own rows, coalesced here.
+    Each sparse gradient is a new tensor with its own rows, coalesced here;
+    ``reuse`` (the group's :class:`SparseReuse`) keeps the rest of the table
+    from the last step.
 
     ``dry_run`` only sorts (nothing is coalesced): a parameter without state
     yet is judged on itself and its gradient; one without a sparse gradient
     (none yet, or a dense one, which the step rejects) on itself.
     """
+    if reuse is not None and not dry_run:
+        recalled = reuse.recall(params, state, BUFFERS, _FETCH, None)
+        if recalled is not None:
+            return recalled
     out = all_to_reference_if_repeated(params)
     if out.rest:
         return out
@@ -268,6 +339,8 @@ def gather_(params, state, options: dict, dry_run: bool = False, reuse: object =
         batch.grads.append(grad)
         if numel:  # an empty gradient writes nothing (the reference returns after ``step += 1``)
             batch.written.extend((p, exp_avg, exp_avg_sq))
+    if reuse is not None and not dry_run:
+        reuse.remember(params, state, BUFFERS, _FETCH, out)
     return out
 
 
@@ -287,3 +360,4 @@ def run_(gathered, options: dict) -> None:
             continue
         for entry in batch.entries:
             entry["step"] += 1
+        batch.grads = []  # the table is kept for the next step, the gradients need not be
