@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -27,11 +28,20 @@ HERE = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    rendezvous = tmp_path_factory.mktemp("dtensor-kernels") / "rendezvous"
-    done = subprocess.run(
-        [sys.executable, str(HERE / "dtensor_kernel_worker.py"), str(rendezvous)],
-        capture_output=True, text=True, timeout=600,
-    )
+    def attempt(n):
+        rendezvous = tmp_path_factory.mktemp(f"dtensor-kernels-{n}") / "rendezvous"
+        return subprocess.run(
+            [sys.executable, str(HERE / "dtensor_kernel_worker.py"), str(rendezvous)],
+            capture_output=True, text=True, timeout=600,
+        )
+
+    done = attempt(0)
+    if done.returncode < 0:
+        # Seen in 2 of 7 runs on a fresh kernel cache (2026-11-24): the worker
+        # killed by SIGABRT, "terminate called without an active exception",
+        # cause not found yet.  One more try, said out loud; a second death fails.
+        warnings.warn(f"dtensor worker died (rc={done.returncode}): {done.stderr[-300:]!r}; trying once more", stacklevel=1)
+        done = attempt(1)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
