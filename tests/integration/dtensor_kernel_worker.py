@@ -7,6 +7,7 @@ whether the state kept the reference run's keys and tensor types.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import sys
 
@@ -49,6 +50,7 @@ def run(name: str, options: dict, backend: str, mesh, full: torch.Tensor, grads:
 
 
 def main() -> None:
+    faulthandler.enable(all_threads=True)  # a C++ crash prints every thread's Python stack
     dist.init_process_group("gloo", init_method=f"file://{sys.argv[1]}", rank=0, world_size=1)
     mesh = init_device_mesh("cpu", (1,))
     out = {}
