@@ -5,6 +5,8 @@
 localhost port, calls ``fn(rank, world_size, *args)`` and leaves the group.
 An exception in any worker (a failed ``assert`` included) fails the calling
 test with the worker's traceback.  ``fn`` must be a module-level function.
+``run_script(script, argv)`` runs a worker script in its own process.  Both
+try once more when a signal kills a worker (:func:`_once_more`).
 """
 
 from __future__ import annotations
@@ -12,8 +14,11 @@ from __future__ import annotations
 import faulthandler
 import os
 import socket
+import subprocess
+import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,17 +48,21 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) ->
         dist.destroy_process_group()
 
 
-def run_workers(fn: Callable, *args: Any, world_size: int = 2) -> None:
-    """Run ``fn`` in ``world_size`` processes; one more try if a signal killed one of them.
+def _once_more(death: str) -> None:
+    """The harness's policy for a worker killed by a signal, said out loud: one more try.
 
     Seen rarely (2026-11, about 1 run in 15 on a fresh kernel cache, once in
     CI): a worker dies by SIGABRT, "terminate called without an active
     exception", a C++ ``std::terminate`` with no Python error.  Its cause is
     not found yet (docs/kernels.md, "Known issues"); faulthandler prints every
-    thread's stack when it happens.  The retry is said out loud (a warning with
-    the signal), and a second death fails the test.  A worker's own exception
-    is never retried.
+    thread's stack when it happens.  A second death fails the test, and a
+    worker's own exception is never retried.
     """
+    warnings.warn(f"{death}; trying once more", stacklevel=3)
+
+
+def run_workers(fn: Callable, *args: Any, world_size: int = 2) -> None:
+    """Run ``fn`` in ``world_size`` processes; one more try if a signal killed one of them (:func:`_once_more`)."""
     for attempt in range(2):
         port = free_port()
         try:
@@ -62,7 +71,19 @@ def run_workers(fn: Callable, *args: Any, world_size: int = 2) -> None:
         except mp.ProcessExitedException as exc:
             if attempt or not exc.signal_name:
                 raise
-            warnings.warn(f"distributed worker died: {exc}; trying once more", stacklevel=2)
+            _once_more(f"distributed worker died: {exc}")
+
+
+def run_script(script: Path, argv: Callable[[int], list[str]]) -> subprocess.CompletedProcess:
+    """Run ``python script *argv(attempt)``, its output captured; one more try if a signal killed it (:func:`_once_more`)."""
+    def attempt(n: int) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(script), *argv(n)], capture_output=True, text=True, timeout=600)
+
+    done = attempt(0)
+    if done.returncode < 0:
+        _once_more(f"worker {script.name} died (rc={done.returncode}): {done.stderr[-300:]!r}")
+        done = attempt(1)
+    return done
 
 
 def all_equal_across_ranks(tensors: list[torch.Tensor]) -> bool:

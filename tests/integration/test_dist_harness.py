@@ -7,7 +7,7 @@ import os
 import pytest
 import torch.multiprocessing as mp
 
-from ._dist import run_workers
+from ._dist import run_script, run_workers
 
 pytestmark = pytest.mark.distributed
 
@@ -41,3 +41,28 @@ def test_a_second_death_fails(tmp_path):
 def test_a_workers_exception_is_never_retried(tmp_path):
     with pytest.raises(mp.ProcessRaisedException, match="a worker's own failure"):
         run_workers(_fail_on_first_attempt, str(tmp_path / "marker"), world_size=1)
+
+
+ABORT_ONCE = """
+import os, sys
+marker = sys.argv[1]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    os.abort()
+print("second attempt", sys.argv[2])
+"""
+
+
+def test_a_script_killed_by_a_signal_is_run_once_more(tmp_path):
+    script = tmp_path / "abort_once.py"
+    script.write_text(ABORT_ONCE)
+    with pytest.warns(UserWarning, match=r"abort_once.py died \(rc=-6\)"):
+        done = run_script(script, lambda attempt: [str(tmp_path / "marker"), str(attempt)])
+    assert done.returncode == 0 and done.stdout.strip() == "second attempt 1"
+
+
+def test_a_script_that_fails_is_not_run_again(tmp_path):
+    script = tmp_path / "fails.py"
+    script.write_text("import sys; print('ran'); sys.exit(3)")
+    done = run_script(script, lambda attempt: [])
+    assert done.returncode == 3 and done.stdout.count("ran") == 1

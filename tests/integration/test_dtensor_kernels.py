@@ -13,9 +13,6 @@ test_fsdp_dtensor.py and test_dtensor_algorithms.py check uneven shards.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -23,25 +20,17 @@ import pytest
 pytest.importorskip("numba")
 pytest.importorskip("torch.distributed.tensor")
 
+from ._dist import run_script
+
 HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    def attempt(n):
-        rendezvous = tmp_path_factory.mktemp(f"dtensor-kernels-{n}") / "rendezvous"
-        return subprocess.run(
-            [sys.executable, str(HERE / "dtensor_kernel_worker.py"), str(rendezvous)],
-            capture_output=True, text=True, timeout=600,
-        )
+    def argv(attempt):
+        return [str(tmp_path_factory.mktemp(f"dtensor-kernels-{attempt}") / "rendezvous")]
 
-    done = attempt(0)
-    if done.returncode < 0:
-        # Seen in 2 of 7 runs on a fresh kernel cache (2026-11-24): the worker
-        # killed by SIGABRT, "terminate called without an active exception",
-        # cause not found yet.  One more try, said out loud; a second death fails.
-        warnings.warn(f"dtensor worker died (rc={done.returncode}): {done.stderr[-300:]!r}; trying once more", stacklevel=1)
-        done = attempt(1)
+    done = run_script(HERE / "dtensor_kernel_worker.py", argv)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
