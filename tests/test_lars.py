@@ -10,6 +10,8 @@ from fastoptim.algorithms.lars import lars_trust_ratio
 from fastoptim.lr_scheduler import CosineAnnealingLR
 from parity import TOLERANCE
 from reference_checks import (
+    WHOLE_TENSOR_CUTS,
+    set_whole_tensor_cut,
     assert_kernel_matches_reference,
     assert_defaults_match,
     assert_grad_untouched,
@@ -130,7 +132,9 @@ def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
     ],
     ids=str,
 )
-def test_kernel_matches_reference_rule(kwargs, dtype):
+@WHOLE_TENSOR_CUTS
+def test_kernel_matches_reference_rule(kwargs, dtype, whole_tensor_bytes, monkeypatch):
     pytest.importorskip("numba")
+    set_whole_tensor_cut(monkeypatch, whole_tensor_bytes)
     assert_kernel_matches_reference(fastoptim.LARS, kwargs, dtype)
 

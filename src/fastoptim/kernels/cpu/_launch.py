@@ -296,6 +296,45 @@ def zeros(rows, cols):
     return out
 
 
+#: A two-pass kernel (norms of whole tensors first, then the update: LARS)
+#: hands each tensor whose second-pass re-reads take at most this many bytes
+#: to one thread, which makes both passes over it back to back: the second
+#: pass then reads it from cache (L2/L3) instead of memory.  Larger tensors
+#: are split over all threads and make each pass in turn.  On the 2-core VM a
+#: second read of a 4-8 MB window ran 2.4-2.6x faster than the first, of a
+#: 16 MB one 1.8x, of a 48 MB one not at all (docs/kernels.md).  Read through
+#: the module (``_launch.WHOLE_TENSOR_BYTES``) at each launch, so tests can
+#: move the cut.
+WHOLE_TENSOR_BYTES = 8 << 20
+
+
+def whole_tensor_limit(rereads: int, itemsize: int) -> int:
+    """Elements of the largest tensor one thread takes whole (see :data:`WHOLE_TENSOR_BYTES`)."""
+    return WHOLE_TENSOR_BYTES // (rereads * itemsize)
+
+
+@numba.njit(inline="always")
+def split_by_size(table, limit):
+    """``(whole, rest)``: the rows of the tensors of at most ``limit`` elements, largest first, and of the others."""
+    count = table.shape[0]
+    nwhole = 0
+    for t in range(count):
+        if table[t, NUMEL] <= limit:
+            nwhole += 1
+    whole = np.empty(nwhole, np.int64)
+    rest = np.empty(count - nwhole, np.int64)
+    a = 0
+    b = 0
+    for t in np.argsort(-table[:, NUMEL], kind="mergesort"):
+        if table[t, NUMEL] <= limit:
+            whole[a] = t
+            a += 1
+        else:
+            rest[b] = t
+            b += 1
+    return whole, rest
+
+
 @numba.njit(inline="always")
 def tensor_sums(partial, segments, count):
     """Per tensor, the sum of its segments' rows of ``partial`` (a reduction's per-segment partial sums).
