@@ -25,7 +25,6 @@ import copy
 import io
 from collections.abc import Callable
 
-import pytest
 import torch
 
 from fastoptim.kernels.dispatch import backend_for, use_backend
@@ -275,21 +274,6 @@ def assert_grad_scaler_skips_nonfinite(cls, kwargs, dtype=torch.float32, *, prep
         assert_same(ss, ps, EXACT, f"step {step} state")
     assert scaled_opt._step_count == 8 - len(corrupt)
     assert scaler.get_scale() < 2.0**10
-
-
-#: Where a two-pass kernel (LARS) cuts between tensors one thread takes
-#: whole and tensors split over the threads (``_launch.WHOLE_TENSOR_BYTES``):
-#: the default (every test tensor whole), a cut that puts the (33, 5) parameter
-#: on one side or the other depending on the dtype and the 70000-element one
-#: beyond it, and 0 (every tensor split).
-WHOLE_TENSOR_CUTS = pytest.mark.parametrize("whole_tensor_bytes", [None, 1600, 0], ids=["whole", "mixed", "split"])
-
-
-def set_whole_tensor_cut(monkeypatch, whole_tensor_bytes: int | None) -> None:
-    """Move the cut of :data:`WHOLE_TENSOR_CUTS` (None keeps the default)."""
-    launch = pytest.importorskip("fastoptim.kernels.cpu._launch")
-    if whole_tensor_bytes is not None:
-        monkeypatch.setattr(launch, "WHOLE_TENSOR_BYTES", whole_tensor_bytes)
 
 
 def assert_kernel_matches_reference(

@@ -10,8 +10,6 @@ from fastoptim.algorithms.lars import lars_trust_ratio
 from fastoptim.lr_scheduler import CosineAnnealingLR
 from parity import TOLERANCE
 from reference_checks import (
-    WHOLE_TENSOR_CUTS,
-    set_whole_tensor_cut,
     assert_kernel_matches_reference,
     assert_defaults_match,
     assert_grad_untouched,
@@ -132,9 +130,14 @@ def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
     ],
     ids=str,
 )
-@WHOLE_TENSOR_CUTS
+# Where the kernel cuts between tensors one thread takes whole and tensors split over the threads
+# (_launch.WHOLE_TENSOR_BYTES): the default (every test tensor whole), a cut that puts the (33, 5)
+# parameter on one side or the other depending on the dtype and the 70000-element one beyond it,
+# and 0 (every tensor split).
+@pytest.mark.parametrize("whole_tensor_bytes", [None, 1600, 0], ids=["whole", "mixed", "split"])
 def test_kernel_matches_reference_rule(kwargs, dtype, whole_tensor_bytes, monkeypatch):
-    pytest.importorskip("numba")
-    set_whole_tensor_cut(monkeypatch, whole_tensor_bytes)
+    launch = pytest.importorskip("fastoptim.kernels.cpu._launch")
+    if whole_tensor_bytes is not None:
+        monkeypatch.setattr(launch, "WHOLE_TENSOR_BYTES", whole_tensor_bytes)
     assert_kernel_matches_reference(fastoptim.LARS, kwargs, dtype)
 
