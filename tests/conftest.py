@@ -30,3 +30,17 @@ def _reference_backend_when_marked(request):
 
     with use_backend("reference"):
         yield
+
+
+@pytest.fixture(params=[None, 1600, 0], ids=["whole", "mixed", "split"])
+def tensor_cut(request, monkeypatch):
+    """Where a two-pass kernel (LARS, Adafactor) cuts between tensors one thread takes whole and tensors split over the threads.
+
+    ``_launch.WHOLE_TENSOR_BYTES``: the default (every test tensor whole), a
+    cut at 1600 bytes (test tensors on both sides, which depending on the
+    dtype), and 0 (every tensor split into chunk segments).
+    """
+    if request.param is not None:
+        launch = pytest.importorskip("fastoptim.kernels.cpu._launch")
+        monkeypatch.setattr(launch, "WHOLE_TENSOR_BYTES", request.param)
+    return request.param

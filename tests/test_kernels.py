@@ -281,14 +281,14 @@ def make_adafactor_params(dtype, seed=0, wide=False):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS, ids=lambda kw: config_id(("Adafactor", kw)))
-def test_adafactor_kernel_matches_reference_rule(kwargs, dtype, small_grain):
+def test_adafactor_kernel_matches_reference_rule(kwargs, dtype, small_grain, tensor_cut):
     params = make_adafactor_params(dtype)
     run_side_by_side("Adafactor", kwargs, dtype, params, lambda step: grads_for(params, step), STEPS, GRADLESS_STEP)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
 @pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS[:3], ids=lambda kw: config_id(("Adafactor", kw)))
-def test_adafactor_kernel_wide_matrices(kwargs, dtype, small_grain):
+def test_adafactor_kernel_wide_matrices(kwargs, dtype, small_grain, tensor_cut):
     params = make_adafactor_params(dtype, wide=True)
     run_side_by_side("Adafactor", kwargs, dtype, params, lambda step: grads_for(params, step), 4)
 
@@ -306,7 +306,7 @@ def test_adafactor_float64_default_dtype(small_grain):
 
 
 @pytest.mark.parametrize("kwargs", ADAFACTOR_CONFIGS[:3], ids=lambda kw: config_id(("Adafactor", kw)))
-def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain):
+def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain, tensor_cut):
     """NaN / inf in a vector and in matrices (one transposed, one of a batch); squares that overflow float32; zeros."""
     dtype = torch.float32
     params = make_adafactor_params(dtype, seed=3)
@@ -586,6 +586,47 @@ def test_plan_covers_every_element_once(grain):
             assert lo == position
             position += k
 
+
+def test_plan_rows_names_the_tensors_by_their_rows_in_the_table():
+    table = np.zeros((5, 4), np.int64)
+    table[:, numba_launch.NUMEL] = [300, 7, 0, 130, 64]
+    rows = np.array([3, 1, 4], np.int64)
+    segments, starts = numba_launch.plan_rows(table, rows, 64)
+    assert sorted(set(segments[:, 0])) == [1, 3, 4]
+    for t in (1, 3, 4):
+        assert segments[segments[:, 0] == t, 2].sum() == table[t, numba_launch.NUMEL]
+    assert starts[-1] == len(segments)
+
+
+@numba.njit(parallel=True)
+def _take_every_task(costs, times_taken, taken_by):
+    tasks = numba_launch.task_counter()
+    for _ in numba.prange(numba_launch.thread_count()):
+        j = numba_launch.next_task(tasks)
+        while j < costs.shape[0]:
+            busy = 0.0
+            for k in range(costs[j]):
+                busy += np.sqrt(k + 1.0)
+            times_taken[j] += 1 if busy >= 0.0 else 2
+            taken_by[j] = numba.get_thread_id()
+            j = numba_launch.next_task(tasks)
+
+
+def test_tasks_are_taken_once_each_by_whichever_thread_is_free():
+    """next_task hands out every task once; long tasks first go to both threads (a static split gives them all to one)."""
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        pytest.skip("needs two threads")
+    costs = np.array([3_000_000] * 8 + [10] * 5000, np.int64)
+    times_taken = np.zeros(len(costs), np.int64)
+    taken_by = np.full(len(costs), -1, np.int64)
+    before = numba.get_num_threads()
+    numba.set_num_threads(2)
+    try:
+        _take_every_task(costs, times_taken, taken_by)
+    finally:
+        numba.set_num_threads(before)
+    assert (times_taken == 1).all()
+    assert len(set(taken_by[:8])) == 2
 
 
 def test_bfloat16_rounding_matches_torch():

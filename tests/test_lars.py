@@ -130,14 +130,6 @@ def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
     ],
     ids=str,
 )
-# Where the kernel cuts between tensors one thread takes whole and tensors split over the threads
-# (_launch.WHOLE_TENSOR_BYTES): the default (every test tensor whole), a cut that puts the (33, 5)
-# parameter on one side or the other depending on the dtype and the 70000-element one beyond it,
-# and 0 (every tensor split).
-@pytest.mark.parametrize("whole_tensor_bytes", [None, 1600, 0], ids=["whole", "mixed", "split"])
-def test_kernel_matches_reference_rule(kwargs, dtype, whole_tensor_bytes, monkeypatch):
-    launch = pytest.importorskip("fastoptim.kernels.cpu._launch")
-    if whole_tensor_bytes is not None:
-        monkeypatch.setattr(launch, "WHOLE_TENSOR_BYTES", whole_tensor_bytes)
+def test_kernel_matches_reference_rule(kwargs, dtype, tensor_cut):
     assert_kernel_matches_reference(fastoptim.LARS, kwargs, dtype)
 

@@ -223,6 +223,15 @@ def plan(table, grain):
     return segments, starts
 
 
+@numba.njit(inline="always")
+def plan_rows(table, rows, grain):
+    """:func:`plan` over the tensors ``rows`` of ``table`` only; the segments name them by their rows in ``table``."""
+    segments, starts = plan(table[rows], grain)
+    for s in range(segments.shape[0]):
+        segments[s, 0] = rows[segments[s, 0]]
+    return segments, starts
+
+
 #: bytes a streaming store writes at once (one cache line)
 LINE = 64
 
@@ -279,6 +288,67 @@ def stream_copy(dst, src):
         done = lines * LINE // src.itemsize
     for i in range(done, n):
         dst[i] = src[i]
+
+
+@intrinsic
+def _fetch_increment(typingctx, counter):
+    """``counter[0] += 1`` as one atomic operation; returns the value before (``counter``: a 1-D int64 array)."""
+    sig = types.int64(counter)
+
+    def codegen(context, builder, signature, args):
+        array_type = signature.args[0]
+        array = context.make_array(array_type)(context, builder, args[0])
+        first = cgutils.get_item_pointer(context, builder, array_type, array, [context.get_constant(types.intp, 0)], wraparound=False)
+        return builder.atomic_rmw("add", first, llvm_ir.Constant(llvm_ir.IntType(64), 1), "monotonic")
+
+    return sig, codegen
+
+
+@intrinsic
+def thread_count(typingctx):
+    """The launch's thread count, as the ``prange`` loops read it.
+
+    The call parfor lowering itself emits (numba's C ``get_num_threads``,
+    linked by name): ``numba.get_num_threads()`` in a kernel would embed a
+    function pointer and make the kernel uncachable.
+    """
+    sig = types.intp()
+
+    def codegen(context, builder, signature, args):
+        getter = cgutils.get_or_insert_function(
+            builder.module, llvm_ir.FunctionType(llvm_ir.IntType(types.intp.bitwidth), []), "get_num_threads"
+        )
+        return builder.call(getter, [])
+
+    return sig, codegen
+
+
+@numba.njit(inline="always")
+def task_counter():
+    """A counter of handed-out tasks for :func:`next_task`, at 0."""
+    counter = np.empty(1, np.int64)
+    counter[0] = 0
+    return counter
+
+
+@numba.njit(inline="always")
+def next_task(counter):
+    """The next task's number: 0, 1, 2, ... across all threads, each number handed out once.
+
+    numba's ``prange`` divides its iterations among the threads up front (the
+    OpenMP layer does, whatever ``set_parallel_chunksize`` says: 24 long
+    iterations before 76 short ones ran no faster on two threads than on
+    one).  For tasks of very different sizes, each thread instead takes tasks
+    from a shared counter until none is left::
+
+        tasks = task_counter()
+        for _ in prange(thread_count()):
+            j = next_task(tasks)
+            while j < count:
+                ...  # task j
+                j = next_task(tasks)
+    """
+    return _fetch_increment(counter)
 
 
 @numba.njit(inline="always")

@@ -78,10 +78,16 @@ from ._launch import (
     launch,
     lerp,
     load,
-    plan,
+    next_task,
+    plan_rows,
     rounded,
     scalar,
+    split_by_size,
     store,
+    task_counter,
+    tensor_sums,
+    thread_count,
+    whole_tensor_limit,
     why_not,
 )
 
@@ -115,34 +121,29 @@ def _lerp_weights(steps, beta2_decay):
 
 
 @helper
-def _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness):
-    """Per tensor: ``−α/clip``, the reference's Python-float arithmetic on its norms.
+def _step_scale(numel, step, weight_squares, update_squares, lr, lr_f32, eps2, d, witness):
+    """One tensor's ``−α/clip``: the reference's Python-float arithmetic on its norms.
 
     ρ = min(γ, 1/√t), α = max(ε₂, RMS(θ))·ρ, clip = max(1, RMS(u)/d); the
     norms are rounded to the tensor's dtype first (``norm(2).item()``).  A
     float32 tensor ``lr`` makes ρ, and then α, 0-dim float32 tensors: their
     arithmetic is float32's.
     """
-    out = np.empty(steps.shape[0], np.float64)
-    for t in range(steps.shape[0]):
-        root = table[t, NUMEL] ** 0.5
-        rms = np.float64(_norm(sums[t, 0], witness)) / root
-        # max(ε₂, RMS(θ)) and max(1, RMS(u)/d): Python's max keeps the first unless the second is larger (NaN is not)
-        floor = rms if rms > eps2 else eps2
-        ratio = np.float64(_norm(sums[t, 1], witness)) / (root * d)
-        clip = ratio if ratio > 1.0 else 1.0
-        # ρ = min(γ, 1/√t): γ unless 1/√t is smaller
-        inverse = 1 / (steps[t] ** 0.5)
-        if lr_f32:
-            if np.float32(inverse) < np.float32(lr):
-                out[t] = -(floor * inverse) / clip
-            else:
-                alpha = np.float32(np.float32(floor) * np.float32(lr))
-                out[t] = np.float64(np.float32(-alpha / np.float32(clip)))
-        else:
-            rho = inverse if inverse < lr else lr
-            out[t] = -(floor * rho) / clip
-    return out
+    root = numel**0.5
+    rms = np.float64(_norm(weight_squares, witness)) / root
+    # max(ε₂, RMS(θ)) and max(1, RMS(u)/d): Python's max keeps the first unless the second is larger (NaN is not)
+    floor = rms if rms > eps2 else eps2
+    ratio = np.float64(_norm(update_squares, witness)) / (root * d)
+    clip = ratio if ratio > 1.0 else 1.0
+    # ρ = min(γ, 1/√t): γ unless 1/√t is smaller
+    inverse = 1 / (step**0.5)
+    if lr_f32:
+        if np.float32(inverse) < np.float32(lr):
+            return -(floor * inverse) / clip
+        alpha = np.float32(np.float32(floor) * np.float32(lr))
+        return np.float64(np.float32(-alpha / np.float32(clip)))
+    rho = inverse if inverse < lr else lr
+    return -(floor * rho) / clip
 
 
 # ----------------------------------------------------------------------------- elements
@@ -263,6 +264,9 @@ def _empty_overload(n, witness):
 #: the shared flags but ``arcp``: with it LLVM computes 1/√x as a reciprocal-root estimate and a Newton
 #: step, which gives NaN for x = 0 and x = inf where the reference's rsqrt gives inf and 0
 _FASTMATH = FASTMATH - {"arcp"}
+#: a pass over one segment: compiled once as its own function (not inlined), since both the whole-tensor
+#: loop and the split passes call it -- inlined twice, the kernel took twice as long to compile
+_segment_pass = numba.njit(fastmath=set(_FASTMATH) or False, nogil=True, error_model="numpy")
 
 
 @numba.njit(inline="always")
@@ -276,6 +280,163 @@ def _move(param, grad, i, root, maximize, decays, keep, step, witness):
         theta = rounded(theta * keep, witness)
     u = rounded(root * g, witness)
     store(param, i, theta + step * u)
+
+
+@_segment_pass
+def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, line_at, pos_at, slots, line_part, witness):
+    """Pass 1 over elements ``lo .. lo+n`` of tensor ``t``: returns ``(Σθ², Σu²)``.
+
+    A vector's V̂ is updated here, and its Σu² summed; a matrix's g² is summed
+    along its lines (into ``line_sq``) and across them (into ``pos_sq``), its
+    Σu² is left to :func:`_update_squares`.  What the segment holds of a line
+    or matrix it shares with other segments goes to ``line_part`` (its two
+    partial lines) and ``slots`` (its two partial matrices' positions).
+    """
+    param = column(table, t, PARAM, lo, n, witness)
+    grad = column(table, t, GRAD, lo, n, witness)
+    weights = 0.0
+    for i in range(n):
+        weights += _square(load(param, i))
+    if table[t, FLAG] == VECTOR:
+        variance = column(table, t, VARIANCE, lo, n, witness)
+        updates = 0.0
+        for i in range(n):
+            # G ← −g if maximize
+            g = load(grad, i)
+            if maximize:
+                g = -g
+            # V̂ ← lerp(V̂, G², t^τ)
+            v = rounded(lerp(load(variance, i), rounded(g * g, witness), w, one), witness)
+            store(variance, i, v)
+            # U ← max(V̂, ε₁²)^(−½) G
+            u = rounded(_root(v, var_floor, witness) * g, witness)
+            updates += _square(u)
+        return weights, updates
+    lines, inner = table[t, LINES], table[t, INNER]
+    size = lines * inner
+    line_first, _, _, _ = _ends(lo, n, inner)
+    head, head_partial, tail, tail_partial = _ends(lo, n, size)
+    for j in range(inner):
+        if head_partial:
+            slots[j] = 0.0
+        if tail_partial:
+            slots[inner + j] = 0.0
+    k = lo
+    while k < lo + n:
+        line, offset, m, b = _piece(k, lo + n, inner, lines)
+        grads = column(table, t, GRAD, k, m, witness)
+        # a matrix held whole sums its positions in place; a partial one, in this segment's slot
+        if b == head and head_partial:
+            sums = slots[offset : offset + m]
+        elif b == tail and tail_partial:
+            sums = slots[inner + offset : inner + offset + m]
+        else:
+            whole = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+            if k == b * size:
+                for j in range(inner):
+                    whole[j] = 0.0
+            sums = whole[offset : offset + m]
+        if m == inner and k + BLOCK * inner <= lo + n and (line + BLOCK - 1) // lines == b:
+            # BLOCK whole lines of one matrix at once: the position sums are read and written once for all
+            _block_square_sums(table, t, k, inner, sums, line_sq[line_at[t] + line : line_at[t] + line + BLOCK], witness)
+            k += BLOCK * inner
+            continue
+        total = 0.0
+        for i in range(m):
+            square = _square(load(grads, i))
+            total += square
+            sums[i] += square
+        if m == inner:
+            line_sq[line_at[t] + line] = total
+        elif line == line_first:
+            line_part[0] = total
+        else:
+            line_part[1] = total
+        k += m
+    return weights, 0.0
+
+
+@_segment_pass
+def _factors(table, t, b, line_sums, pos_sums, w, one, row_floor, line_scale, pos_scale, witness):
+    """Pass 2 for matrix ``b`` of tensor ``t``, from its finished Σg² along and across lines.
+
+    Updates the factors and writes one scale per line and per position
+    (``line_scale``, ``pos_scale``: this matrix's slices).
+    """
+    lines, inner = table[t, LINES], table[t, INNER]
+    # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
+    line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
+    for j in range(lines):
+        store(line_var, j, rounded(lerp(load(line_var, j), _mean_square(line_sums[j], inner, witness), w, one), witness))
+    pos_var = column(table, t, POS_VAR, b * inner, inner, witness)
+    for j in range(inner):
+        store(pos_var, j, rounded(lerp(load(pos_var, j), _mean_square(pos_sums[j], lines, witness), w, one), witness))
+    # r̄ ← max(mean_rows R, ε₁)  (R lies along the lines, or across them when transposed)
+    row_var = pos_var if table[t, FLAG] == TRANSPOSED else line_var
+    total = 0.0
+    for j in range(row_var.shape[0]):
+        total += np.float64(load(row_var, j))
+    row_mean = rounded(scalar(total / row_var.shape[0], witness), witness)
+    if row_mean < row_floor:
+        row_mean = row_floor
+    # V̂ = R ⊗ C / r̄, so V̂^(−½) = (r̄ / line factor)^½ · (position factor)^(−½): one scale per line and per position
+    for j in range(lines):
+        line_scale[j] = scalar(np.sqrt(np.float64(row_mean) / np.float64(load(line_var, j))), witness)
+    for j in range(inner):
+        pos_scale[j] = scalar(1.0 / np.sqrt(np.float64(load(pos_var, j))), witness)
+
+
+@_segment_pass
+def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness):
+    """Pass 3: Σu² over elements ``lo .. lo+n`` of matrix tensor ``t``, u from the new factors' scales."""
+    lines, inner = table[t, LINES], table[t, INNER]
+    updates = 0.0
+    k = lo
+    while k < lo + n:
+        line, offset, m, b = _piece(k, lo + n, inner, lines)
+        grads = column(table, t, GRAD, k, m, witness)
+        scale = line_scale[line_at[t] + line]
+        scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+        total = 0.0
+        for i in range(m):
+            g = load(grads, i)
+            if maximize:
+                g = -g
+            total += _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
+        updates += total
+        k += m
+    return updates
+
+
+@_segment_pass
+def _step_segment(table, t, lo, n, step, line_scale, pos_scale, line_at, pos_at, var_floor, cap, maximize, decays, keep, witness):
+    """Pass 4 over elements ``lo .. lo+n`` of tensor ``t``: θ ← θ(1 − γλ) + step · u (``step`` = −α/clip)."""
+    if table[t, FLAG] == VECTOR:
+        param = column(table, t, PARAM, lo, n, witness)
+        grad = column(table, t, GRAD, lo, n, witness)
+        variance = column(table, t, VARIANCE, lo, n, witness)
+        for i in range(n):
+            _move(param, grad, i, _root(load(variance, i), var_floor, witness), maximize, decays, keep, step, witness)
+        return
+    lines, inner = table[t, LINES], table[t, INNER]
+    k = lo
+    while k < lo + n:
+        line, offset, m, b = _piece(k, lo + n, inner, lines)
+        param = column(table, t, PARAM, k, m, witness)
+        grads = column(table, t, GRAD, k, m, witness)
+        scale = line_scale[line_at[t] + line]
+        scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+        for i in range(m):
+            _move(param, grads, i, _factored_root(scale, scales[i], cap, witness), maximize, decays, keep, step, witness)
+        k += m
+
+
+@numba.njit(inline="always")
+def _matrices(table, t):
+    """How many matrices tensor ``t`` holds (0 for a vector)."""
+    if table[t, FLAG] == VECTOR:
+        return 0
+    return table[t, NUMEL] // (table[t, LINES] * table[t, INNER])
 
 
 @kernel(fastmath=_FASTMATH)
@@ -297,15 +458,47 @@ def _adafactor_kernel(table, hyper, witness, grain):
     line_at = np.empty(count + 1, np.int64)
     pos_at = np.empty(count + 1, np.int64)
     line_at[0], pos_at[0] = 0, 0
-    widest = 0
     for t in range(count):
-        lines, inner = table[t, LINES], table[t, INNER]
-        matrices = table[t, NUMEL] // (lines * inner) if table[t, FLAG] != VECTOR else 0
-        line_at[t + 1] = line_at[t] + matrices * lines
-        pos_at[t + 1] = pos_at[t] + matrices * inner
-        if matrices:
-            widest = max(widest, inner)
-    segments, starts = plan(table, max(grain, LINES_PER_CHUNK * widest))
+        line_at[t + 1] = line_at[t] + _matrices(table, t) * table[t, LINES]
+        pos_at[t + 1] = pos_at[t] + _matrices(table, t) * table[t, INNER]
+    line_sq = np.empty(line_at[count], np.float64)
+    pos_sq = np.empty(pos_at[count], np.float64)
+    line_scale = _empty(line_at[count], witness)
+    pos_scale = _empty(pos_at[count], witness)
+    whole, rest = split_by_size(table, np.int64(hyper[8]))
+    unshared = np.empty(2, np.float64)  # a whole tensor has no partial line or matrix: never written
+
+    # Tensors that fit in cache: one thread each (largest first, to whichever thread is free), the four
+    # passes back to back (the last three read from cache).
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        j = next_task(tasks)
+        while j < whole.shape[0]:
+            t = whole[j]
+            n = table[t, NUMEL]
+            weights, updates = _first_pass(
+                table, t, 0, n, scalar(lerp_weights[t], witness), one, var_floor, maximize,
+                line_sq, pos_sq, line_at, pos_at, pos_sq[:0], unshared, witness,
+            )  # fmt: skip
+            if table[t, FLAG] != VECTOR:
+                lines, inner = table[t, LINES], table[t, INNER]
+                for b in range(_matrices(table, t)):
+                    at, pat = line_at[t] + b * lines, pos_at[t] + b * inner
+                    _factors(
+                        table, t, b, line_sq[at : at + lines], pos_sq[pat : pat + inner], scalar(lerp_weights[t], witness),
+                        one, row_floor, line_scale[at : at + lines], pos_scale[pat : pat + inner], witness,
+                    )  # fmt: skip
+                updates = _update_squares(table, t, 0, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness)
+            step = add_scalar(_step_scale(n, steps[t], weights, updates, lr, lr_f32, eps2, d, witness), witness)
+            _step_segment(table, t, 0, n, step, line_scale, pos_scale, line_at, pos_at, var_floor, cap, maximize, decays, keep, witness)
+            j = next_task(tasks)
+
+    # The others, split into chunk segments over all threads, pass by pass.
+    widest = 0
+    for t in rest:
+        if table[t, FLAG] != VECTOR:
+            widest = max(widest, table[t, INNER])
+    segments, starts = plan_rows(table, rest, max(grain, LINES_PER_CHUNK * widest))
     nseg = segments.shape[0]
     # each matrix segment's slots: the positions of a partial matrix at either end
     slot_at = np.empty(nseg + 1, np.int64)
@@ -313,83 +506,18 @@ def _adafactor_kernel(table, hyper, witness, grain):
     for s in range(nseg):
         t = segments[s, 0]
         slot_at[s + 1] = slot_at[s] + (2 * table[t, INNER] if table[t, FLAG] != VECTOR else 0)
-    line_sq = np.empty(line_at[count], np.float64)
-    pos_sq = np.empty(pos_at[count], np.float64)
     line_part = np.empty((nseg, 2), np.float64)
     pos_part = np.empty(slot_at[nseg], np.float64)
-    line_scale = _empty(line_at[count], witness)
-    pos_scale = _empty(pos_at[count], witness)
     partial = np.empty((nseg, 2), np.float64)
 
     # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
             t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            weights = 0.0
-            for i in range(n):
-                weights += _square(load(param, i))
-            partial[s, 0] = weights
-            if table[t, FLAG] == VECTOR:
-                w = scalar(lerp_weights[t], witness)
-                variance = column(table, t, VARIANCE, lo, n, witness)
-                updates = 0.0
-                for i in range(n):
-                    # G ← −g if maximize
-                    g = load(grad, i)
-                    if maximize:
-                        g = -g
-                    # V̂ ← lerp(V̂, G², t^τ)
-                    v = rounded(lerp(load(variance, i), rounded(g * g, witness), w, one), witness)
-                    store(variance, i, v)
-                    # U ← max(V̂, ε₁²)^(−½) G
-                    u = rounded(_root(v, var_floor, witness) * g, witness)
-                    updates += _square(u)
-                partial[s, 1] = updates
-                continue
-            lines, inner = table[t, LINES], table[t, INNER]
-            size = lines * inner
-            line_first, _, _, _ = _ends(lo, n, inner)
-            head, head_partial, tail, tail_partial = _ends(lo, n, size)
-            slots = pos_part[slot_at[s] : slot_at[s + 1]]
-            for j in range(inner):
-                if head_partial:
-                    slots[j] = 0.0
-                if tail_partial:
-                    slots[inner + j] = 0.0
-            k = lo
-            while k < lo + n:
-                line, offset, m, b = _piece(k, lo + n, inner, lines)
-                grads = column(table, t, GRAD, k, m, witness)
-                # a matrix held whole sums its positions in place; a partial one, in this segment's slot
-                if b == head and head_partial:
-                    sums = slots[offset : offset + m]
-                elif b == tail and tail_partial:
-                    sums = slots[inner + offset : inner + offset + m]
-                else:
-                    whole = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
-                    if k == b * size:
-                        for j in range(inner):
-                            whole[j] = 0.0
-                    sums = whole[offset : offset + m]
-                if m == inner and k + BLOCK * inner <= lo + n and (line + BLOCK - 1) // lines == b:
-                    # BLOCK whole lines of one matrix at once: the position sums are read and written once for all
-                    _block_square_sums(table, t, k, inner, sums, line_sq[line_at[t] + line : line_at[t] + line + BLOCK], witness)
-                    k += BLOCK * inner
-                    continue
-                total = 0.0
-                for i in range(m):
-                    square = _square(load(grads, i))
-                    total += square
-                    sums[i] += square
-                if m == inner:
-                    line_sq[line_at[t] + line] = total
-                elif line == line_first:
-                    line_part[s, 0] = total
-                else:
-                    line_part[s, 1] = total
-                k += m
+            partial[s, 0], partial[s, 1] = _first_pass(
+                table, t, lo, n, scalar(lerp_weights[t], witness), one, var_floor, maximize,
+                line_sq, pos_sq, line_at, pos_at, pos_part[slot_at[s] : slot_at[s + 1]], line_part[s], witness,
+            )  # fmt: skip
 
     # pass 2: per matrix (taken by the segment holding its first element)
     for c in prange(starts.shape[0] - 1):
@@ -399,10 +527,10 @@ def _adafactor_kernel(table, hyper, witness, grain):
                 continue
             lines, inner = table[t, LINES], table[t, INNER]
             size = lines * inner
-            w = scalar(lerp_weights[t], witness)
             for b in range((lo + size - 1) // size, (lo + n - 1) // size + 1):
-                line_sums = line_sq[line_at[t] + b * lines : line_at[t] + (b + 1) * lines]
-                pos_sums = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+                at, pat = line_at[t] + b * lines, pos_at[t] + b * inner
+                line_sums = line_sq[at : at + lines]
+                pos_sums = pos_sq[pat : pat + inner]
                 if (b + 1) * size > lo + n:
                     # shared with the next segments: the sums of the lines and positions they hold part of
                     for j in range(inner):
@@ -427,84 +555,30 @@ def _adafactor_kernel(table, hyper, witness, grain):
                         if tail_partial and tail == b:
                             for j in range(inner):
                                 pos_sums[j] += slots[inner + j]
-                # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
-                line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
-                for j in range(lines):
-                    store(line_var, j, rounded(lerp(load(line_var, j), _mean_square(line_sums[j], inner, witness), w, one), witness))
-                pos_var = column(table, t, POS_VAR, b * inner, inner, witness)
-                for j in range(inner):
-                    store(pos_var, j, rounded(lerp(load(pos_var, j), _mean_square(pos_sums[j], lines, witness), w, one), witness))
-                # r̄ ← max(mean_rows R, ε₁)  (R lies along the lines, or across them when transposed)
-                row_var = pos_var if table[t, FLAG] == TRANSPOSED else line_var
-                total = 0.0
-                for j in range(row_var.shape[0]):
-                    total += np.float64(load(row_var, j))
-                row_mean = rounded(scalar(total / row_var.shape[0], witness), witness)
-                if row_mean < row_floor:
-                    row_mean = row_floor
-                # V̂ = R ⊗ C / r̄, so V̂^(−½) = (r̄ / line factor)^½ · (position factor)^(−½): one scale per line and per position
-                for j in range(lines):
-                    root = np.sqrt(np.float64(row_mean) / np.float64(load(line_var, j)))
-                    line_scale[line_at[t] + b * lines + j] = scalar(root, witness)
-                for j in range(inner):
-                    pos_scale[pos_at[t] + b * inner + j] = scalar(1.0 / np.sqrt(np.float64(load(pos_var, j))), witness)
+                _factors(
+                    table, t, b, line_sums, pos_sums, scalar(lerp_weights[t], witness), one, row_floor,
+                    line_scale[at : at + lines], pos_scale[pat : pat + inner], witness,
+                )  # fmt: skip
 
     # pass 3: Σu² of every matrix, u from the new factors
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
             t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            if table[t, FLAG] == VECTOR:
-                continue
-            lines, inner = table[t, LINES], table[t, INNER]
-            updates = 0.0
-            k = lo
-            while k < lo + n:
-                line, offset, m, b = _piece(k, lo + n, inner, lines)
-                grads = column(table, t, GRAD, k, m, witness)
-                scale = line_scale[line_at[t] + line]
-                scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
-                total = 0.0
-                for i in range(m):
-                    g = load(grads, i)
-                    if maximize:
-                        g = -g
-                    total += _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
-                updates += total
-                k += m
-            partial[s, 1] = updates
+            if table[t, FLAG] != VECTOR:
+                partial[s, 1] = _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness)
 
     # α/clip per tensor
-    sums = np.empty((count, 2), np.float64)
-    for t in range(count):
-        sums[t, 0], sums[t, 1] = 0.0, 0.0
-    for s in range(nseg):
-        sums[segments[s, 0], 0] += partial[s, 0]
-        sums[segments[s, 0], 1] += partial[s, 1]
-    step_scales = _step_scales(table, steps, sums, lr, lr_f32, eps2, d, witness)
+    sums = tensor_sums(partial, segments, count)
+    step_scales = np.empty(count, np.float64)
+    for t in rest:
+        step_scales[t] = _step_scale(table[t, NUMEL], steps[t], sums[t, 0], sums[t, 1], lr, lr_f32, eps2, d, witness)
 
     # pass 4: θ ← θ(1 − γλ) − α/clip · u
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
             t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
             step = add_scalar(step_scales[t], witness)
-            if table[t, FLAG] == VECTOR:
-                param = column(table, t, PARAM, lo, n, witness)
-                grad = column(table, t, GRAD, lo, n, witness)
-                variance = column(table, t, VARIANCE, lo, n, witness)
-                for i in range(n):
-                    _move(param, grad, i, _root(load(variance, i), var_floor, witness), maximize, decays, keep, step, witness)
-                continue
-            lines, inner = table[t, LINES], table[t, INNER]
-            k = lo
-            while k < lo + n:
-                line, offset, m, b = _piece(k, lo + n, inner, lines)
-                param = column(table, t, PARAM, k, m, witness)
-                grads = column(table, t, GRAD, k, m, witness)
-                scale = line_scale[line_at[t] + line]
-                scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
-                for i in range(m):
-                    _move(param, grads, i, _factored_root(scale, scales[i], cap, witness), maximize, decays, keep, step, witness)
-                k += m
+            _step_segment(table, t, lo, n, step, line_scale, pos_scale, line_at, pos_at, var_floor, cap, maximize, decays, keep, witness)
 
 
 # ----------------------------------------------------------------------------- Python side
@@ -616,7 +690,7 @@ def run_(gathered, options: dict) -> None:
     weight_decay = options["weight_decay"]
     # θ ← θ(1 − γλ): the reference's own arithmetic (a float32 tensor when lr is one)
     decay = float(1 - lr * weight_decay) if weight_decay != 0 else 1.0
-    hyper = (
+    hyper = [
         float(lr),
         isinstance(lr, Tensor) and lr.dtype == torch.float32,
         float(options["beta2_decay"]),
@@ -625,6 +699,9 @@ def run_(gathered, options: dict) -> None:
         float(options["d"]),
         decay,
         bool(options["maximize"]),
-    )
+        0.0,  # the elements of the largest tensor one thread takes whole (per batch)
+    ]
     for batch in gathered.batches.values():
+        # passes 3 and 4 read g, then θ and g, again
+        hyper[-1] = whole_tensor_limit(2, batch.witness.itemsize)
         launch(_adafactor_kernel, batch, hyper)

@@ -44,12 +44,15 @@ from ._launch import (
     kernel,
     launch,
     load,
+    next_task,
     plan,
     rounded,
     scalar,
     split_by_size,
     store,
+    task_counter,
     tensor_sums,
+    thread_count,
     zeros,
 )
 
@@ -119,15 +122,19 @@ def _move(table, t, lo, n, ratio, hyper, witness):
 def _lars_kernel(table, hyper, witness, grain):
     weight_decay, trust_coefficient = hyper[1], hyper[6]
     whole, rest = split_by_size(table, np.int64(hyper[7]))
-    # Tensors that fit in cache: one thread each, both passes back to back.
-    for j in prange(whole.shape[0]):
-        t = whole[j]
-        n = table[t, NUMEL]
-        ratio = scalar(1.0, witness)
-        if table[t, FLAG] != 0:
-            weights, grads = _square_sums(table, t, 0, n, witness)
-            ratio = _ratio(weights, grads, weight_decay, trust_coefficient, witness)
-        _move(table, t, 0, n, ratio, hyper, witness)
+    # Tensors that fit in cache: one thread each (largest first, to whichever thread is free), both passes back to back.
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        j = next_task(tasks)
+        while j < whole.shape[0]:
+            t = whole[j]
+            n = table[t, NUMEL]
+            ratio = scalar(1.0, witness)
+            if table[t, FLAG] != 0:
+                weights, grads = _square_sums(table, t, 0, n, witness)
+                ratio = _ratio(weights, grads, weight_decay, trust_coefficient, witness)
+            _move(table, t, 0, n, ratio, hyper, witness)
+            j = next_task(tasks)
     # The others, split over the threads: pass 1, Σθ² and Σg² per segment of every matrix ...
     big = table[rest]
     segments, starts = plan(big, grain)
