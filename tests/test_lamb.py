@@ -178,7 +178,7 @@ def test_default_backend_matches_pytorch_optimizer_to_rounding(dtype):
     ],
     ids=str,
 )
-def test_kernel_matches_reference_rule(kwargs, dtype):
+def test_kernel_matches_reference_rule(kwargs, dtype, tensor_cut):
     """The kernel sums the norms in float64, torch in float32 (its error on 70000 like-sized squares is
     about 2e-5 relative): the norms and ratios agree to that, the weights to the usual tolerance."""
     pytest.importorskip("numba")

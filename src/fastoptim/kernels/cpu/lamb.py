@@ -28,6 +28,7 @@ from fastoptim.algorithms._rules import scalar_value
 
 from ._launch import (
     GRAD,
+    NUMEL,
     PARAM,
     Reuse,
     add_scalar,
@@ -37,12 +38,17 @@ from ._launch import (
     kernel,
     launch,
     load,
-    plan,
+    next_task,
+    plan_rows,
     rounded,
     scalar,
     set_scalar,
+    split_by_size,
     store,
+    task_counter,
     tensor_sums,
+    thread_count,
+    whole_tensor_limit,
     zeros,
 )
 
@@ -62,85 +68,112 @@ def _update(m, v, theta, e, lam, coupled, witness):
     return u
 
 
-@kernel
-def _lamb_kernel(table, hyper, witness, grain):
-    beta1, beta1_grad, beta2, one_minus_beta2, eps = hyper[0], hyper[1], hyper[2], hyper[3], hyper[4]
-    decay, weight_decay, neg_step_size, clamp = hyper[5], hyper[6], hyper[7], hyper[8]
-    coupled, has_clamp, trust_clip = hyper[9] != 0, hyper[10] != 0, hyper[11] != 0
-    adam, maximize = hyper[12] != 0, hyper[13] != 0
+@numba.njit(inline="always")
+def _moments(table, t, lo, n, hyper, witness):
+    """Pass 1 over elements ``lo .. lo+n`` of tensor ``t``: the moments, and ``(Σθ², Σu²)``."""
+    # every scalar read before the loop: hyper is an array the loop's stores might alias, so LLVM would reload it
+    decay, coupled, maximize = hyper[5], hyper[9] != 0, hyper[13] != 0
     decays = decay != 1.0
     keep = scalar(decay, witness)
-    b1, w1 = scalar(beta1, witness), add_scalar(beta1_grad, witness)
-    b2, w2 = scalar(beta2, witness), scalar(one_minus_beta2, witness)
-    e = add_scalar(eps, witness)
-    lam = add_scalar(weight_decay, witness)
-    step = add_scalar(neg_step_size, witness)
+    b1, w1 = scalar(hyper[0], witness), add_scalar(hyper[1], witness)
+    b2, w2 = scalar(hyper[2], witness), scalar(hyper[3], witness)
+    e, lam = add_scalar(hyper[4], witness), add_scalar(hyper[6], witness)
+    param = column(table, t, PARAM, lo, n, witness)
+    grad = column(table, t, GRAD, lo, n, witness)
+    exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+    exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+    weights = 0.0
+    updates = 0.0
+    for i in range(n):
+        # g ← −g if maximize
+        g = load(grad, i)
+        if maximize:
+            g = -g
+        # θ ← θ(1 − γλ), or θ(1 − λ) with fixed_decay
+        theta = load(param, i)
+        if decays:
+            theta = rounded(theta * keep, witness)
+        # m ← β₁m + β₃g;  v ← β₂v + (1 − β₂)g²
+        m = rounded(rounded(load(exp_avg, i) * b1, witness) + w1 * g, witness)
+        store(exp_avg, i, m)
+        v = rounded(rounded(load(exp_avg_sq, i) * b2, witness) + w2 * g * g, witness)
+        store(exp_avg_sq, i, v)
+        u = _update(m, v, theta, e, lam, coupled, witness)
+        weights += np.float64(theta) * np.float64(theta)
+        updates += np.float64(u) * np.float64(u)
+    return weights, updates
+
+
+@numba.njit(inline="always")
+def _trust_ratio(table, t, weights, updates, hyper, witness):
+    """r ← φ(‖θ‖)/(‖u‖ + ε) in the tensor's precision, written to its state; returns the r its update uses."""
+    eps, clamp = hyper[4], hyper[8]
+    has_clamp, trust_clip, adam = hyper[10] != 0, hyper[11] != 0, hyper[12] != 0
     zero, one = scalar(0.0, witness), scalar(1.0, witness)
-    segments, starts = plan(table, grain)
-    partial = zeros(segments.shape[0], 2)
-    # pass 1: moments, and Σθ², Σu² per segment
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-            weights = 0.0
-            updates = 0.0
-            for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # θ ← θ(1 − γλ), or θ(1 − λ) with fixed_decay
-                theta = load(param, i)
-                if decays:
-                    theta = rounded(theta * keep, witness)
-                # m ← β₁m + β₃g;  v ← β₂v + (1 − β₂)g²
-                m = rounded(rounded(load(exp_avg, i) * b1, witness) + w1 * g, witness)
-                store(exp_avg, i, m)
-                v = rounded(rounded(load(exp_avg_sq, i) * b2, witness) + w2 * g * g, witness)
-                store(exp_avg_sq, i, v)
-                u = _update(m, v, theta, e, lam, coupled, witness)
-                weights += np.float64(theta) * np.float64(theta)
-                updates += np.float64(u) * np.float64(u)
-            partial[s, 0] = weights
-            partial[s, 1] = updates
-    # r ← φ(‖θ‖)/(‖u‖ + ε) per tensor, in the tensor's precision
-    count = table.shape[0]
-    sums = tensor_sums(partial, segments, count)
-    ratios = np.empty(count, np.float64)
-    for t in range(count):
-        weight_norm = scalar(np.sqrt(sums[t, 0]), witness)
-        if has_clamp and weight_norm > scalar(clamp, witness):
-            weight_norm = scalar(clamp, witness)
-        adam_norm = scalar(np.sqrt(sums[t, 1]), witness)
+    weight_norm = scalar(np.sqrt(weights), witness)
+    if has_clamp and weight_norm > scalar(clamp, witness):
+        weight_norm = scalar(clamp, witness)
+    adam_norm = scalar(np.sqrt(updates), witness)
+    ratio = one
+    if weight_norm != zero and adam_norm != zero:
+        ratio = weight_norm / (adam_norm + scalar(eps, witness))
+    if trust_clip and ratio > one:
         ratio = one
-        if weight_norm != zero and adam_norm != zero:
-            ratio = weight_norm / (adam_norm + scalar(eps, witness))
-        if trust_clip and ratio > one:
-            ratio = one
-        set_scalar(table, t, WEIGHT_NORM, np.float64(weight_norm))
-        set_scalar(table, t, ADAM_NORM, np.float64(adam_norm))
-        set_scalar(table, t, TRUST_RATIO, np.float64(ratio))
-        ratios[t] = one if adam else ratio
-    # pass 2: θ ← θ − γ/(1 − β₁ᵗ) · r u
+    set_scalar(table, t, WEIGHT_NORM, np.float64(weight_norm))
+    set_scalar(table, t, ADAM_NORM, np.float64(adam_norm))
+    set_scalar(table, t, TRUST_RATIO, np.float64(ratio))
+    return one if adam else ratio
+
+
+@numba.njit(inline="always")
+def _move(table, t, lo, n, r, hyper, witness):
+    """Pass 2 over elements ``lo .. lo+n`` of tensor ``t``: θ ← θ − γ/(1 − β₁ᵗ) · r u, u rebuilt from m and v."""
+    decay, coupled, adam = hyper[5], hyper[9] != 0, hyper[12] != 0
+    decays = decay != 1.0
+    keep = scalar(decay, witness)
+    e, lam = add_scalar(hyper[4], witness), add_scalar(hyper[6], witness)
+    step = add_scalar(hyper[7], witness)
+    param = column(table, t, PARAM, lo, n, witness)
+    exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+    exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+    for i in range(n):
+        theta = load(param, i)
+        if decays:
+            theta = rounded(theta * keep, witness)
+        u = _update(load(exp_avg, i), load(exp_avg_sq, i), theta, e, lam, coupled, witness)
+        if not adam:
+            u = rounded(u * r, witness)
+        store(param, i, theta + step * u)
+
+
+@kernel
+def _lamb_kernel(table, hyper, witness, grain):
+    whole, rest = split_by_size(table, np.int64(hyper[14]))
+    # Tensors that fit in cache: one thread each (largest first, to whichever thread is free), both passes back to back.
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        j = next_task(tasks)
+        while j < whole.shape[0]:
+            t = whole[j]
+            n = table[t, NUMEL]
+            weights, updates = _moments(table, t, 0, n, hyper, witness)
+            _move(table, t, 0, n, _trust_ratio(table, t, weights, updates, hyper, witness), hyper, witness)
+            j = next_task(tasks)
+    # The others, split over the threads: pass 1 per segment, r per tensor, then pass 2.
+    segments, starts = plan_rows(table, rest, grain)
+    partial = zeros(segments.shape[0], 2)
     for c in prange(starts.shape[0] - 1):
         for s in range(starts[c], starts[c + 1]):
             t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            r = scalar(ratios[t], witness)
-            param = column(table, t, PARAM, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-            for i in range(n):
-                theta = load(param, i)
-                if decays:
-                    theta = rounded(theta * keep, witness)
-                u = _update(load(exp_avg, i), load(exp_avg_sq, i), theta, e, lam, coupled, witness)
-                if not adam:
-                    u = rounded(u * r, witness)
-                store(param, i, theta + step * u)
+            partial[s, 0], partial[s, 1] = _moments(table, t, lo, n, hyper, witness)
+    sums = tensor_sums(partial, segments, table.shape[0])
+    ratios = np.empty(table.shape[0], np.float64)
+    for t in rest:
+        ratios[t] = np.float64(_trust_ratio(table, t, sums[t, 0], sums[t, 1], hyper, witness))
+    for c in prange(starts.shape[0] - 1):
+        for s in range(starts[c], starts[c + 1]):
+            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+            _move(table, t, lo, n, scalar(ratios[t], witness), hyper, witness)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):
@@ -157,7 +190,7 @@ def run_(gathered, options: dict) -> None:
     # The reference's Python-float arithmetic, done once per group.
     decay = 1.0 - weight_decay * (1.0 if options["fixed_decay"] else lr) if decoupled and weight_decay != 0.0 else 1.0
     clamp = options["clamp"]
-    hyper = (
+    hyper = [
         beta1,
         1.0 - beta1 if options["grad_averaging"] else 1.0,
         beta2,
@@ -172,6 +205,9 @@ def run_(gathered, options: dict) -> None:
         bool(options["trust_clip"]),
         bool(options["adam"]),
         bool(options["maximize"]),
-    )
+        0.0,  # the elements of the largest tensor one thread takes whole (per batch)
+    ]
     for batch in gathered.batches.values():
+        # pass 2 reads θ, m and v again
+        hyper[-1] = whole_tensor_limit(3, batch.witness.itemsize)
         launch(_lamb_kernel, batch, hyper)
