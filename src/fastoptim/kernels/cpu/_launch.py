@@ -10,8 +10,8 @@ One numba launch then updates every tensor of the group:
   scalars (bias corrections) follow each tensor's own step;
 * :func:`plan` cuts the group's elements into chunks of about ``grain``
   elements -- small tensors are packed together, big ones split -- and the
-  threads take chunks one at a time (``numba.set_parallel_chunksize(1)``), so
-  they finish together whatever the mix of sizes or a busy core;
+  threads take chunks one at a time from a shared counter (:func:`next_task`),
+  so they finish together whatever the mix of sizes or a busy core;
 * :func:`column` views a slice of one tensor (from its address) as a numpy
   array; :func:`load` / :func:`store` / :func:`scalar` read, write and convert
   in the compute precision (float32 for float32 and bfloat16 storage, float64
@@ -562,8 +562,8 @@ _SCALAR_DTYPES = {torch.float32: 0, torch.float64: 1}
 #: elements per chunk, at least: 256 KiB of each float32 array (well inside L2),
 #: about 5 µs of work
 GRAIN = 1 << 16
-#: ... and at most four times that: numba hands chunks out one at a time, at
-#: about 1.5 µs each, which at GRAIN costs SGD 5 % of its step on 150 tensors
+#: ... and at most four times that: a chunk costs a little (numba's per-piece
+#: call was about 1.5 µs, which at GRAIN cost SGD 5 % of its step on 150 tensors)
 MAX_GRAIN = 4 * GRAIN
 #: chunks per thread a launch aims at between the two, so that a thread that
 #: falls behind (another process took its core) leaves work to the others
@@ -1059,8 +1059,8 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
         grain = _grain(batch.numel, threads)
         set_num_threads, set_chunksize = _thread_setters()
         set_num_threads(threads)
-        # Chunks are handed out one at a time, not split evenly up front: on a
-        # shared machine a descheduled thread's chunks go to the other threads.
+        # The kernels' loops are prange(thread_count()), one iteration per thread (they take their
+        # chunks from next_task): a chunk size of one keeps a caller's own setting from merging them.
         previous_chunksize = set_chunksize(1)
         try:
             if key in _warm:

@@ -12,7 +12,27 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, signed_gradient, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    signed_gradient,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 BUFFERS = ("square_avg", "acc_delta")
@@ -31,30 +51,34 @@ def _adadelta_kernel(table, hyper, witness, grain):
     lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            square_avg = column(table, t, SQUARE_AVG, lo, n, witness)
-            acc_delta = column(table, t, ACC_DELTA, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize;  g ← g + λθ
-                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
-                # v ← ρv + (1 − ρ)g²
-                v = rounded(load(square_avg, i) * r, witness)
-                v = rounded(v + w * g * g, witness)
-                store(square_avg, i, v)
-                # Δ ← √(u + ε) / √(v + ε) · g
-                std = rounded(np.sqrt(rounded(v + e, witness)), witness)
-                u = load(acc_delta, i)
-                delta = rounded(np.sqrt(rounded(u + e, witness)), witness)
-                delta = rounded(rounded(delta / std, witness) * g, witness)
-                # u ← ρu + (1 − ρ)Δ²
-                u = rounded(u * r, witness)
-                store(acc_delta, i, u + w * delta * delta)
-                # θ ← θ − γΔ
-                store(param, i, theta + step * delta)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                square_avg = column(table, t, SQUARE_AVG, lo, n, witness)
+                acc_delta = column(table, t, ACC_DELTA, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize;  g ← g + λθ
+                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
+                    # v ← ρv + (1 − ρ)g²
+                    v = rounded(load(square_avg, i) * r, witness)
+                    v = rounded(v + w * g * g, witness)
+                    store(square_avg, i, v)
+                    # Δ ← √(u + ε) / √(v + ε) · g
+                    std = rounded(np.sqrt(rounded(v + e, witness)), witness)
+                    u = load(acc_delta, i)
+                    delta = rounded(np.sqrt(rounded(u + e, witness)), witness)
+                    delta = rounded(rounded(delta / std, witness) * g, witness)
+                    # u ← ρu + (1 − ρ)Δ²
+                    u = rounded(u * r, witness)
+                    store(acc_delta, i, u + w * delta * delta)
+                    # θ ← θ − γΔ
+                    store(param, i, theta + step * delta)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

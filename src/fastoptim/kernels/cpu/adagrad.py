@@ -13,7 +13,28 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, signed_gradient, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    helper,
+    kernel,
+    launch,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    signed_gradient,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 BUFFERS = ("sum",)
@@ -38,22 +59,26 @@ def _adagrad_kernel(table, hyper, witness, grain):
     lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            neg_decayed_lr = scalar(neg_lrs[t], witness)
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            state_sum = column(table, t, SUM, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize;  g ← g + λθ
-                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
-                # s ← s + g²
-                acc = load(state_sum, i) + g * g
-                store(state_sum, i, acc)
-                # θ ← θ − γ/(1 + (t−1)η) · g / (√s + ε)
-                std = rounded(rounded(np.sqrt(rounded(acc, witness)), witness) + e, witness)
-                store(param, i, theta + neg_decayed_lr * (g / std))
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                neg_decayed_lr = scalar(neg_lrs[t], witness)
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                state_sum = column(table, t, SUM, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize;  g ← g + λθ
+                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
+                    # s ← s + g²
+                    acc = load(state_sum, i) + g * g
+                    store(state_sum, i, acc)
+                    # θ ← θ − γ/(1 + (t−1)η) · g / (√s + ε)
+                    std = rounded(rounded(np.sqrt(rounded(acc, witness)), witness) + e, witness)
+                    store(param, i, theta + neg_decayed_lr * (g / std))
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -13,7 +13,27 @@ from numba import prange
 from fastoptim.algorithms._rules import scalar_value
 
 from ._adam_moments import adam_moments
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    helper,
+    kernel,
+    launch,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_avg_sq")
@@ -48,31 +68,35 @@ def _adam_kernel(table, hyper, witness, grain):
     w2 = scalar(one_minus_beta2, witness)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            neg_step_size = scalar(-sizes[t, 0], witness)
-            bias_correction2_sqrt = scalar(sizes[t, 1], witness)
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-            max_exp_avg_sq = column(table, t, MAX_EXP_AVG_SQ if amsgrad else EXP_AVG_SQ, lo, n, witness)
-            for i in range(n):
-                # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
-                g, theta, m, v = adam_moments(
-                    grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
-                )
-                # v̂ ← max(v̂, v) (amsgrad; NaN wins, as torch.maximum)
-                if amsgrad:
-                    vmax = load(max_exp_avg_sq, i)
-                    if v > vmax or v != v:
-                        vmax = v
-                    store(max_exp_avg_sq, i, vmax)
-                    v = vmax
-                # θ ← θ − γ/(1−β₁ᵗ) · m / (√v / √(1−β₂ᵗ) + ε)
-                denom = rounded(rounded(rounded(np.sqrt(v), witness) / bias_correction2_sqrt, witness) + e, witness)
-                store(param, i, theta + neg_step_size * (m / denom))
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                neg_step_size = scalar(-sizes[t, 0], witness)
+                bias_correction2_sqrt = scalar(sizes[t, 1], witness)
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+                exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+                max_exp_avg_sq = column(table, t, MAX_EXP_AVG_SQ if amsgrad else EXP_AVG_SQ, lo, n, witness)
+                for i in range(n):
+                    # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
+                    g, theta, m, v = adam_moments(
+                        grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
+                    )
+                    # v̂ ← max(v̂, v) (amsgrad; NaN wins, as torch.maximum)
+                    if amsgrad:
+                        vmax = load(max_exp_avg_sq, i)
+                        if v > vmax or v != v:
+                            vmax = v
+                        store(max_exp_avg_sq, i, vmax)
+                        v = vmax
+                    # θ ← θ − γ/(1−β₁ᵗ) · m / (√v / √(1−β₂ᵗ) + ε)
+                    denom = rounded(rounded(rounded(np.sqrt(v), witness) / bias_correction2_sqrt, witness) + e, witness)
+                    store(param, i, theta + neg_step_size * (m / denom))
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -12,7 +12,29 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, lerp, load, plan, rounded, scalar, signed_gradient, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    helper,
+    kernel,
+    launch,
+    lerp,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    signed_gradient,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_inf")
@@ -41,30 +63,34 @@ def _adamax_kernel(table, hyper, witness, grain):
     lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            neg_step_size = scalar(sizes[t], witness)
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_inf = column(table, t, EXP_INF, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize;  g ← g + λθ
-                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
-                # m ← lerp(m, g, 1 − β₁)
-                m = load(exp_avg, i)
-                m = lerp(m, g, w1, one)
-                store(exp_avg, i, m)
-                m = rounded(m, witness)
-                # u ← max(β₂u, |g| + ε)  (NaN wins, as torch.maximum)
-                decayed = rounded(load(exp_inf, i) * b2, witness)
-                floor = rounded(abs(g) + e, witness)
-                u = decayed if decayed > floor or decayed != decayed else floor
-                store(exp_inf, i, u)
-                u = rounded(u, witness)
-                # θ ← θ − γ/(1−β₁ᵗ) · m/u
-                store(param, i, theta + neg_step_size * (m / u))
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                neg_step_size = scalar(sizes[t], witness)
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+                exp_inf = column(table, t, EXP_INF, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize;  g ← g + λθ
+                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
+                    # m ← lerp(m, g, 1 − β₁)
+                    m = load(exp_avg, i)
+                    m = lerp(m, g, w1, one)
+                    store(exp_avg, i, m)
+                    m = rounded(m, witness)
+                    # u ← max(β₂u, |g| + ε)  (NaN wins, as torch.maximum)
+                    decayed = rounded(load(exp_inf, i) * b2, witness)
+                    floor = rounded(abs(g) + e, witness)
+                    u = decayed if decayed > floor or decayed != decayed else floor
+                    store(exp_inf, i, u)
+                    u = rounded(u, witness)
+                    # θ ← θ − γ/(1−β₁ᵗ) · m/u
+                    store(param, i, theta + neg_step_size * (m / u))
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -27,10 +27,13 @@ from ._launch import (
     launch,
     lerp,
     load,
+    next_task,
     plan,
     rounded,
     scalar,
     store,
+    task_counter,
+    thread_count,
 )
 
 BUFFERS = ("exp_avg", "exp_avg_sq", "exp_avg_diff", "previous_grad")
@@ -52,44 +55,48 @@ def _adan_kernel(table, hyper, witness, grain):
     keep, divisor = scalar(decay, witness), scalar(shrink, witness)
     decays, shrinks = decay != 1.0, shrink != 1.0
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-            exp_avg_diff = column(table, t, EXP_AVG_DIFF, lo, n, witness)
-            previous_grad = column(table, t, PREVIOUS_GRAD, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # Δ ← g − g_prev  (previous_grad holds −g_prev)
-                diff = rounded(load(previous_grad, i) + g, witness)
-                # m ← lerp(m, g, 1 − β₁);  d ← lerp(d, Δ, 1 − β₂)
-                m = rounded(lerp(load(exp_avg, i), g, w1, one), witness)
-                store(exp_avg, i, m)
-                d = rounded(lerp(load(exp_avg_diff, i), diff, w2, one), witness)
-                store(exp_avg_diff, i, d)
-                # u ← g + β₂Δ;  n ← β₃n + (1 − β₃)u²
-                u = rounded(rounded(diff * b2, witness) + g, witness)
-                v = rounded(rounded(load(exp_avg_sq, i) * b3, witness) + w3 * u * u, witness)
-                store(exp_avg_sq, i, v)
-                # ρ ← √n / √(1 − β₃ᵗ) + ε
-                denom = rounded(rounded(rounded(np.sqrt(v), witness) / bc3, witness) + e, witness)
-                # θ ← θ(1 − γλ) (decoupled), the two momentum steps, then θ ← θ/(1 + γλ) (proximal)
-                theta = load(param, i)
-                if decays:
-                    theta = rounded(theta * keep, witness)
-                theta = rounded(theta + step1 * (m / denom), witness)
-                theta = theta + step2 * (d / denom)
-                if shrinks:
-                    theta = rounded(theta, witness) / divisor
-                store(param, i, theta)
-                # previous_grad ← −g
-                store(previous_grad, i, -g)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+                exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+                exp_avg_diff = column(table, t, EXP_AVG_DIFF, lo, n, witness)
+                previous_grad = column(table, t, PREVIOUS_GRAD, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    # Δ ← g − g_prev  (previous_grad holds −g_prev)
+                    diff = rounded(load(previous_grad, i) + g, witness)
+                    # m ← lerp(m, g, 1 − β₁);  d ← lerp(d, Δ, 1 − β₂)
+                    m = rounded(lerp(load(exp_avg, i), g, w1, one), witness)
+                    store(exp_avg, i, m)
+                    d = rounded(lerp(load(exp_avg_diff, i), diff, w2, one), witness)
+                    store(exp_avg_diff, i, d)
+                    # u ← g + β₂Δ;  n ← β₃n + (1 − β₃)u²
+                    u = rounded(rounded(diff * b2, witness) + g, witness)
+                    v = rounded(rounded(load(exp_avg_sq, i) * b3, witness) + w3 * u * u, witness)
+                    store(exp_avg_sq, i, v)
+                    # ρ ← √n / √(1 − β₃ᵗ) + ε
+                    denom = rounded(rounded(rounded(np.sqrt(v), witness) / bc3, witness) + e, witness)
+                    # θ ← θ(1 − γλ) (decoupled), the two momentum steps, then θ ← θ/(1 + γλ) (proximal)
+                    theta = load(param, i)
+                    if decays:
+                        theta = rounded(theta * keep, witness)
+                    theta = rounded(theta + step1 * (m / denom), witness)
+                    theta = theta + step2 * (d / denom)
+                    if shrinks:
+                        theta = rounded(theta, witness) / divisor
+                    store(param, i, theta)
+                    # previous_grad ← −g
+                    store(previous_grad, i, -g)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

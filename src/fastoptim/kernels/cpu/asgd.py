@@ -26,6 +26,7 @@ from ._launch import (
     kernel,
     launch,
     load,
+    next_task,
     plan,
     rounded,
     scalar,
@@ -34,6 +35,8 @@ from ._launch import (
     store,
     store_fence,
     stream_copy,
+    task_counter,
+    thread_count,
 )
 
 SCALARS = ("step", "eta", "mu")
@@ -79,35 +82,39 @@ def _asgd_kernel(table, hyper, witness, grain):
     per = _schedule(table, bump_steps(table, STEP), lr, lambd, alpha, t0, default_f32)
     lam = add_scalar(weight_decay, witness)  # grad.add(param, alpha=λ)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            shrink = scalar(per[t, 0], witness)
-            neg_eta = add_scalar(per[t, 1], witness)  # param.add_(grad, alpha=−η)
-            mu = scalar(per[t, 2], witness)
-            averaging = per[t, 3] != 0
-            # Before averaging starts the average only copies θ: that buffer is
-            # written, never read, so it is streamed a block at a time.
-            for b in range(0, n, BLOCK):
-                m = min(BLOCK, n - b)
-                param = column(table, t, PARAM, lo + b, m, witness)
-                grad = column(table, t, GRAD, lo + b, m, witness)
-                ax = column(table, t, AX, lo + b, m, witness)
-                for i in range(m):
-                    # g ← −g if maximize;  g ← g + λ_wd θ
-                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
-                    # θ ← θ(1 − λη) − ηg
-                    theta = rounded(theta * shrink, witness)
-                    theta = theta + neg_eta * g
-                    store(param, i, theta)
-                    # a ← a + μ(θ − a) once averaging has started (μ ≠ 1)
-                    if averaging:
-                        a = load(ax, i)
-                        store(ax, i, a + rounded(rounded(rounded(theta, witness) - a, witness) * mu, witness))
-                # a ← θ before (μ = 1)
-                if not averaging:
-                    stream_copy(ax, param)
-        store_fence()
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                shrink = scalar(per[t, 0], witness)
+                neg_eta = add_scalar(per[t, 1], witness)  # param.add_(grad, alpha=−η)
+                mu = scalar(per[t, 2], witness)
+                averaging = per[t, 3] != 0
+                # Before averaging starts the average only copies θ: that buffer is
+                # written, never read, so it is streamed a block at a time.
+                for b in range(0, n, BLOCK):
+                    m = min(BLOCK, n - b)
+                    param = column(table, t, PARAM, lo + b, m, witness)
+                    grad = column(table, t, GRAD, lo + b, m, witness)
+                    ax = column(table, t, AX, lo + b, m, witness)
+                    for i in range(m):
+                        # g ← −g if maximize;  g ← g + λ_wd θ
+                        g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
+                        # θ ← θ(1 − λη) − ηg
+                        theta = rounded(theta * shrink, witness)
+                        theta = theta + neg_eta * g
+                        store(param, i, theta)
+                        # a ← a + μ(θ − a) once averaging has started (μ ≠ 1)
+                        if averaging:
+                            a = load(ax, i)
+                            store(ax, i, a + rounded(rounded(rounded(theta, witness) - a, witness) * mu, witness))
+                    # a ← θ before (μ = 1)
+                    if not averaging:
+                        stream_copy(ax, param)
+            store_fence()
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

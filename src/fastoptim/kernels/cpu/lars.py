@@ -33,8 +33,8 @@ from fastoptim.algorithms._rules import scalar_value
 from . import _launch
 from ._launch import (
     FLAG,
-    NUMEL,
     GRAD,
+    NUMEL,
     PARAM,
     Reuse,
     add_scalar,
@@ -139,11 +139,15 @@ def _lars_kernel(table, hyper, witness, grain):
     big = table[rest]
     segments, starts = plan(big, grain)
     partial = zeros(segments.shape[0], 2)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            if big[t, FLAG] != 0:
-                partial[s, 0], partial[s, 1] = _square_sums(big, t, lo, n, witness)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                if big[t, FLAG] != 0:
+                    partial[s, 0], partial[s, 1] = _square_sums(big, t, lo, n, witness)
+            c = next_task(tasks)
     # ... r per matrix, in the tensor's precision ...
     count = big.shape[0]
     sums = tensor_sums(partial, segments, count)
@@ -153,10 +157,14 @@ def _lars_kernel(table, hyper, witness, grain):
         if big[t, FLAG] != 0:
             ratios[t] = np.float64(_ratio(sums[t, 0], sums[t, 1], weight_decay, trust_coefficient, witness))
     # ... pass 2, the update.
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            _move(big, t, lo, n, scalar(ratios[t], witness), hyper, witness)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                _move(big, t, lo, n, scalar(ratios[t], witness), hyper, witness)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -22,10 +22,13 @@ from ._launch import (
     kernel,
     launch,
     load,
+    next_task,
     plan,
     rounded,
     scalar,
     store,
+    task_counter,
+    thread_count,
 )
 
 BUFFERS = ("exp_avg",)
@@ -43,28 +46,32 @@ def _lion_kernel(table, hyper, witness, grain):
     b2, w2 = scalar(beta2, witness), add_scalar(one_minus_beta2, witness)
     one, zero = scalar(1.0, witness), scalar(0.0, witness)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # θ ← θ(1 − γλ)
-                theta = load(param, i)
-                if decays:
-                    theta = rounded(theta * keep, witness)
-                # c ← sign(β₁m + (1 − β₁)g);  θ ← θ − γc  (torch.sgn: NaN and ±0 give 0)
-                m = load(exp_avg, i)
-                u = rounded(rounded(m * b1, witness) + w1 * g, witness)
-                sign = one if u > zero else (-one if u < zero else zero)
-                store(param, i, theta + step * sign)
-                # m ← β₂m + (1 − β₂)g
-                store(exp_avg, i, rounded(m * b2, witness) + w2 * g)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    # θ ← θ(1 − γλ)
+                    theta = load(param, i)
+                    if decays:
+                        theta = rounded(theta * keep, witness)
+                    # c ← sign(β₁m + (1 − β₁)g);  θ ← θ − γc  (torch.sgn: NaN and ±0 give 0)
+                    m = load(exp_avg, i)
+                    u = rounded(rounded(m * b1, witness) + w1 * g, witness)
+                    sign = one if u > zero else (-one if u < zero else zero)
+                    store(param, i, theta + step * sign)
+                    # m ← β₂m + (1 − β₂)g
+                    store(exp_avg, i, rounded(m * b2, witness) + w2 * g)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

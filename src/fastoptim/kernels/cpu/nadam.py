@@ -27,11 +27,14 @@ from ._launch import (
     in_scalar_dtype,
     kernel,
     launch,
+    next_task,
     plan,
     rounded,
     scalar,
     set_scalar,
     store,
+    task_counter,
+    thread_count,
 )
 
 SCALARS = ("step", "mu_product")
@@ -74,26 +77,30 @@ def _nadam_kernel(table, hyper, witness, grain):
     w2 = scalar(one_minus_beta2, witness)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            bias_correction2 = scalar(per[t, 0], witness)
-            grad_factor = scalar(per[t, 1], witness)
-            momentum_factor = scalar(per[t, 2], witness)
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-            for i in range(n):
-                # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
-                g, theta, m, v = adam_moments(
-                    grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
-                )
-                # d ← √(v / (1 − β₂ᵗ)) + ε
-                denom = rounded(rounded(np.sqrt(rounded(v / bias_correction2, witness)), witness) + e, witness)
-                # θ ← θ − γ(1−μ_t)/(1−P_t) · g/d, then θ ← θ − γμ_{t+1}/(1−P_tμ_{t+1}) · m/d
-                theta = rounded(theta + grad_factor * (g / denom), witness)
-                store(param, i, theta + momentum_factor * (m / denom))
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                bias_correction2 = scalar(per[t, 0], witness)
+                grad_factor = scalar(per[t, 1], witness)
+                momentum_factor = scalar(per[t, 2], witness)
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+                exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+                for i in range(n):
+                    # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
+                    g, theta, m, v = adam_moments(
+                        grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
+                    )
+                    # d ← √(v / (1 − β₂ᵗ)) + ε
+                    denom = rounded(rounded(np.sqrt(rounded(v / bias_correction2, witness)), witness) + e, witness)
+                    # θ ← θ − γ(1−μ_t)/(1−P_t) · g/d, then θ ← θ − γμ_{t+1}/(1−P_tμ_{t+1}) · m/d
+                    theta = rounded(theta + grad_factor * (g / denom), witness)
+                    store(param, i, theta + momentum_factor * (m / denom))
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

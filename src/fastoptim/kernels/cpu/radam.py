@@ -13,7 +13,26 @@ from numba import prange
 from fastoptim.algorithms._rules import scalar_value
 
 from ._adam_moments import adam_moments
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, helper, kernel, launch, plan, rounded, scalar, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    helper,
+    kernel,
+    launch,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 BUFFERS = ("exp_avg", "exp_avg_sq")
@@ -56,32 +75,36 @@ def _radam_kernel(table, hyper, witness, grain):
     w2 = scalar(one_minus_beta2, witness)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            bias_correction1 = scalar(per[t, 0], witness)
-            bias_correction2_sqrt = scalar(per[t, 1], witness)
-            rect = scalar(per[t, 2], witness)
-            rectified = per[t, 3] != 0
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            exp_avg = column(table, t, EXP_AVG, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-            for i in range(n):
-                # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
-                g, theta, m, v = adam_moments(
-                    grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
-                )
-                # m̂ ← m / (1 − β₁ᵗ)
-                update = rounded(rounded(rounded(m, witness) / bias_correction1, witness) * gamma, witness)
-                if rectified:
-                    # θ ← θ − γ m̂ · √(1−β₂ᵗ)/(√v + ε) · r_t   (ρ_t > 5; number / tensor is
-                    # reciprocal() * number in torch, two roundings)
-                    root = rounded(rounded(np.sqrt(v), witness) + e, witness)
-                    adaptive = rounded(rounded(one / root, witness) * bias_correction2_sqrt, witness)
-                    update = rounded(rounded(update * adaptive, witness) * rect, witness)
-                # θ ← θ − γ m̂ otherwise
-                store(param, i, theta - update)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                bias_correction1 = scalar(per[t, 0], witness)
+                bias_correction2_sqrt = scalar(per[t, 1], witness)
+                rect = scalar(per[t, 2], witness)
+                rectified = per[t, 3] != 0
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                exp_avg = column(table, t, EXP_AVG, lo, n, witness)
+                exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
+                for i in range(n):
+                    # g ← ±g (+ λθ) or θ ← θ(1 − γλ);  m ← lerp(m, g, 1 − β₁);  v ← β₂v + (1 − β₂)g²
+                    g, theta, m, v = adam_moments(
+                        grad, param, exp_avg, exp_avg_sq, i, maximize, decoupled, l2, keep, lam, w1, one, b2, w2, witness
+                    )
+                    # m̂ ← m / (1 − β₁ᵗ)
+                    update = rounded(rounded(rounded(m, witness) / bias_correction1, witness) * gamma, witness)
+                    if rectified:
+                        # θ ← θ − γ m̂ · √(1−β₂ᵗ)/(√v + ε) · r_t   (ρ_t > 5; number / tensor is
+                        # reciprocal() * number in torch, two roundings)
+                        root = rounded(rounded(np.sqrt(v), witness) + e, witness)
+                        adaptive = rounded(rounded(one / root, witness) * bias_correction2_sqrt, witness)
+                        update = rounded(rounded(update * adaptive, witness) * rect, witness)
+                    # θ ← θ − γ m̂ otherwise
+                    store(param, i, theta - update)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

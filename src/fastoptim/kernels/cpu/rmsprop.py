@@ -12,7 +12,28 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, lerp, load, plan, rounded, scalar, signed_gradient, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    lerp,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    signed_gradient,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 _COL = columns(SCALARS, ("square_avg", "momentum_buffer", "grad_avg"))
@@ -47,40 +68,44 @@ def _rmsprop_kernel(table, hyper, witness, grain):
     buf_col = SQUARE_AVG + 1 if has_momentum else SQUARE_AVG
     avg_col = SQUARE_AVG + 1 + has_momentum if centered else SQUARE_AVG
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            square_avg = column(table, t, SQUARE_AVG, lo, n, witness)
-            buf = column(table, t, buf_col, lo, n, witness)
-            grad_avg = column(table, t, avg_col, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize;  g ← g + λθ
-                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
-                # v ← αv + (1 − α)g²
-                v = rounded(load(square_avg, i) * a, witness)
-                v = rounded(v + w * g * g, witness)
-                store(square_avg, i, v)
-                if centered:
-                    # ḡ ← lerp(ḡ, g, 1 − α);  d ← √(v − ḡ²) + ε
-                    ga = load(grad_avg, i)
-                    ga = lerp(ga, g, w, one)
-                    store(grad_avg, i, ga)
-                    ga = rounded(ga, witness)
-                    avg = rounded(np.sqrt(rounded(v - ga * ga, witness)), witness)
-                else:
-                    # d ← √v + ε
-                    avg = rounded(np.sqrt(v), witness)
-                avg = rounded(avg + e, witness)
-                if has_momentum:
-                    # b ← μb + g/d;  θ ← θ − γb
-                    b = rounded(load(buf, i) * mu, witness) + g / avg
-                    store(buf, i, b)
-                    store(param, i, theta + step_alpha * rounded(b, witness))
-                else:
-                    # θ ← θ − γ g/d
-                    store(param, i, theta + step * (g / avg))
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                square_avg = column(table, t, SQUARE_AVG, lo, n, witness)
+                buf = column(table, t, buf_col, lo, n, witness)
+                grad_avg = column(table, t, avg_col, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize;  g ← g + λθ
+                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
+                    # v ← αv + (1 − α)g²
+                    v = rounded(load(square_avg, i) * a, witness)
+                    v = rounded(v + w * g * g, witness)
+                    store(square_avg, i, v)
+                    if centered:
+                        # ḡ ← lerp(ḡ, g, 1 − α);  d ← √(v − ḡ²) + ε
+                        ga = load(grad_avg, i)
+                        ga = lerp(ga, g, w, one)
+                        store(grad_avg, i, ga)
+                        ga = rounded(ga, witness)
+                        avg = rounded(np.sqrt(rounded(v - ga * ga, witness)), witness)
+                    else:
+                        # d ← √v + ε
+                        avg = rounded(np.sqrt(v), witness)
+                    avg = rounded(avg + e, witness)
+                    if has_momentum:
+                        # b ← μb + g/d;  θ ← θ − γb
+                        b = rounded(load(buf, i) * mu, witness) + g / avg
+                        store(buf, i, b)
+                        store(param, i, theta + step_alpha * rounded(b, witness))
+                    else:
+                        # θ ← θ − γ g/d
+                        store(param, i, theta + step * (g / avg))
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -9,7 +9,26 @@ from __future__ import annotations
 
 from numba import prange
 
-from ._launch import GRAD, PARAM, Reuse, add_scalar, bump_steps, column, columns, gather, kernel, launch, load, plan, rounded, scalar, store
+from ._launch import (
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    bump_steps,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    store,
+    task_counter,
+    thread_count,
+)
 
 SCALARS = ("step",)
 BUFFERS = ("prev", "step_size")
@@ -28,40 +47,44 @@ def _rprop_kernel(table, hyper, witness, grain):
     lo_clamp = scalar(step_size_min, witness)
     hi_clamp = scalar(step_size_max, witness)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            prev = column(table, t, PREV, lo, n, witness)
-            step_size = column(table, t, STEP_SIZE, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize
-                g = load(grad, i)
-                if maximize:
-                    g = -g
-                # s ← sign(g_t g_{t−1}) (torch's sign: 0 for NaN), then the factor for Δ
-                product = rounded(g * load(prev, i), witness)
-                if product > zero:
-                    factor = plus
-                elif product < zero:
-                    factor = minus
-                else:
-                    factor = one
-                # Δ ← clamp(Δ · factor, Γ_min, Γ_max)  (NaN stays NaN)
-                delta = rounded(load(step_size, i) * factor, witness)
-                if delta < lo_clamp:
-                    delta = lo_clamp
-                if delta > hi_clamp:
-                    delta = hi_clamp
-                store(step_size, i, delta)
-                # g ← 0 where the sign flipped (the factor equals η₋)
-                if factor == minus:
-                    g = zero
-                # θ ← θ − sign(g) Δ
-                direction = (one if g > zero else zero) - (one if g < zero else zero)
-                store(param, i, load(param, i) - direction * rounded(delta, witness))
-                store(prev, i, g)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                prev = column(table, t, PREV, lo, n, witness)
+                step_size = column(table, t, STEP_SIZE, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize
+                    g = load(grad, i)
+                    if maximize:
+                        g = -g
+                    # s ← sign(g_t g_{t−1}) (torch's sign: 0 for NaN), then the factor for Δ
+                    product = rounded(g * load(prev, i), witness)
+                    if product > zero:
+                        factor = plus
+                    elif product < zero:
+                        factor = minus
+                    else:
+                        factor = one
+                    # Δ ← clamp(Δ · factor, Γ_min, Γ_max)  (NaN stays NaN)
+                    delta = rounded(load(step_size, i) * factor, witness)
+                    if delta < lo_clamp:
+                        delta = lo_clamp
+                    if delta > hi_clamp:
+                        delta = hi_clamp
+                    store(step_size, i, delta)
+                    # g ← 0 where the sign flipped (the factor equals η₋)
+                    if factor == minus:
+                        g = zero
+                    # θ ← θ − sign(g) Δ
+                    direction = (one if g > zero else zero) - (one if g < zero else zero)
+                    store(param, i, load(param, i) - direction * rounded(delta, witness))
+                    store(prev, i, g)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -27,10 +27,13 @@ from ._launch import (
     launch,
     lerp,
     load,
+    next_task,
     plan,
     rounded,
     scalar,
     store,
+    task_counter,
+    thread_count,
 )
 
 _COL = columns((), ("z", "exp_avg_sq"))
@@ -51,30 +54,34 @@ def _schedule_free_kernel(table, hyper, witness, grain):
     bc2 = scalar(bias_correction2, witness)
     e = add_scalar(eps, witness)
     segments, starts = plan(table, grain)
-    for ch in prange(starts.shape[0] - 1):
-        for s in range(starts[ch], starts[ch + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            z_col = column(table, t, Z, lo, n, witness)
-            exp_avg_sq = column(table, t, EXP_AVG_SQ if adaptive else Z, lo, n, witness)
-            for i in range(n):
-                g = load(grad, i)
-                y = load(param, i)
-                if adaptive:
-                    # v ← β₂v + (1 − β₂)g²;  ĝ ← g / (√(v/(1 − β₂ᵏ)) + ε)
-                    v = rounded(rounded(load(exp_avg_sq, i) * b2, witness) + w2 * g * g, witness)
-                    store(exp_avg_sq, i, v)
-                    denom = rounded(rounded(np.sqrt(rounded(v / bc2, witness)), witness) + e, witness)
-                    g = rounded(g / denom, witness)
-                # ĝ ← ĝ + λy
-                if decays:
-                    g = rounded(g + lam * y, witness)
-                # y ← lerp(y, z, c) + γ(β(1 − c) − 1)ĝ;  z ← z − γĝ
-                z = load(z_col, i)
-                y = rounded(lerp(y, z, c, one), witness)
-                store(param, i, y + a_y * g)
-                store(z_col, i, z - a_z * g)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        ch = next_task(tasks)
+        while ch < starts.shape[0] - 1:
+            for s in range(starts[ch], starts[ch + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                z_col = column(table, t, Z, lo, n, witness)
+                exp_avg_sq = column(table, t, EXP_AVG_SQ if adaptive else Z, lo, n, witness)
+                for i in range(n):
+                    g = load(grad, i)
+                    y = load(param, i)
+                    if adaptive:
+                        # v ← β₂v + (1 − β₂)g²;  ĝ ← g / (√(v/(1 − β₂ᵏ)) + ε)
+                        v = rounded(rounded(load(exp_avg_sq, i) * b2, witness) + w2 * g * g, witness)
+                        store(exp_avg_sq, i, v)
+                        denom = rounded(rounded(np.sqrt(rounded(v / bc2, witness)), witness) + e, witness)
+                        g = rounded(g / denom, witness)
+                    # ĝ ← ĝ + λy
+                    if decays:
+                        g = rounded(g + lam * y, witness)
+                    # y ← lerp(y, z, c) + γ(β(1 − c) − 1)ĝ;  z ← z − γĝ
+                    z = load(z_col, i)
+                    y = rounded(lerp(y, z, c, one), witness)
+                    store(param, i, y + a_y * g)
+                    store(z_col, i, z - a_z * g)
+            ch = next_task(tasks)
 
 
 def _is_adamw(options: dict) -> bool:

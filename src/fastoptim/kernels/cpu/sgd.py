@@ -12,7 +12,28 @@ from numba import prange
 
 from fastoptim.algorithms._rules import scalar_value
 
-from ._launch import FLAG, GRAD, PARAM, Reuse, add_scalar, column, columns, gather, kernel, launch, load, plan, rounded, scalar, signed_gradient, store, why_not
+from ._launch import (
+    FLAG,
+    GRAD,
+    PARAM,
+    Reuse,
+    add_scalar,
+    column,
+    columns,
+    gather,
+    kernel,
+    launch,
+    load,
+    next_task,
+    plan,
+    rounded,
+    scalar,
+    signed_gradient,
+    store,
+    task_counter,
+    thread_count,
+    why_not,
+)
 
 BUFFERS = ("momentum_buffer",)
 MOMENTUM_BUFFER = columns((), BUFFERS)["momentum_buffer"]
@@ -30,28 +51,32 @@ def _sgd_kernel(table, hyper, witness, grain):
     damp = add_scalar(one_minus_dampening, witness)
     lam = add_scalar(weight_decay, witness)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            fresh = table[t, FLAG] != 0  # the buffer was just created: b ← g
-            param = column(table, t, PARAM, lo, n, witness)
-            grad = column(table, t, GRAD, lo, n, witness)
-            buf = column(table, t, MOMENTUM_BUFFER if has_momentum else GRAD, lo, n, witness)
-            for i in range(n):
-                # g ← −g if maximize;  g ← g + λθ (L2 weight decay)
-                g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
-                if has_momentum:
-                    # b ← g on the first step, else b ← μb + (1 − τ)g
-                    if fresh:
-                        b = g
-                    else:
-                        b = rounded(load(buf, i) * mu, witness) + damp * g
-                    store(buf, i, b)
-                    b = rounded(b, witness)
-                    # g ← g + μb (nesterov) or b
-                    g = rounded(g + mu_alpha * b, witness) if nesterov else b
-                # θ ← θ − γg
-                store(param, i, theta + step * g)
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                fresh = table[t, FLAG] != 0  # the buffer was just created: b ← g
+                param = column(table, t, PARAM, lo, n, witness)
+                grad = column(table, t, GRAD, lo, n, witness)
+                buf = column(table, t, MOMENTUM_BUFFER if has_momentum else GRAD, lo, n, witness)
+                for i in range(n):
+                    # g ← −g if maximize;  g ← g + λθ (L2 weight decay)
+                    g, theta = signed_gradient(grad, param, i, maximize, l2, lam, witness)
+                    if has_momentum:
+                        # b ← g on the first step, else b ← μb + (1 − τ)g
+                        if fresh:
+                            b = g
+                        else:
+                            b = rounded(load(buf, i) * mu, witness) + damp * g
+                        store(buf, i, b)
+                        b = rounded(b, witness)
+                        # g ← g + μb (nesterov) or b
+                        g = rounded(g + mu_alpha * b, witness) if nesterov else b
+                    # θ ← θ − γg
+                    store(param, i, theta + step * g)
+            c = next_task(tasks)
 
 
 def gather_(params, state, options: dict, dry_run: bool = False, reuse: Reuse | None = None):

@@ -49,18 +49,21 @@ from ._launch import (
     Batch,
     Gathered,
     Reuse,
-    all_to_reference_if_repeated,
     add_scalar,
+    all_to_reference_if_repeated,
     column,
     columns,
     helper,
     kernel,
     launch,
     load,
+    next_task,
     plan,
     rounded,
     scalar,
     store,
+    task_counter,
+    thread_count,
 )
 from ._launch import _data_ptr, _dtype_of, _grad_of, _is_contiguous, _is_cpu_of, _layout_of, _shape_of, _PLAIN_TYPE_SET
 
@@ -119,42 +122,46 @@ def _sparse_adam_kernel(table, hyper, witness, grain):
     w2 = scalar(one_minus_beta2, witness)  # .mul_(1 − β₂)
     e = add_scalar(eps, witness)  # .add_(ε)
     segments, starts = plan(table, grain)
-    for c in prange(starts.shape[0] - 1):
-        for s in range(starts[c], starts[c + 1]):
-            t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-            neg_step_size = scalar(neg_step_sizes[t], witness)  # −step_size * (...) multiplies by it
-            row = table[t, ROW]
-            indices = column(table, t, INDICES, 0, table[t, NNZ], index_witness)
-            done = 0
-            while done < n:  # the segment's pieces of rows: values lo+done .. lo+done+take
-                k = (lo + done) // row
-                first = lo + done - k * row
-                take = min(row - first, n - done)
-                at = indices[k] * row + first
-                grad = column(table, t, GRAD, lo + done, take, witness)
-                param = column(table, t, PARAM, at, take, witness)
-                exp_avg = column(table, t, EXP_AVG, at, take, witness)
-                exp_avg_sq = column(table, t, EXP_AVG_SQ, at, take, witness)
-                for i in range(take):
-                    # g ← −g if maximize
-                    g = load(grad, i)
-                    if maximize:
-                        g = -g
-                    # m ← m + (1−β₁)(g − m), on the support only
-                    old_exp_avg = load(exp_avg, i)
-                    exp_avg_increment = rounded(rounded(g - old_exp_avg, witness) * w1, witness)
-                    m = rounded(old_exp_avg + exp_avg_increment, witness)
-                    store(exp_avg, i, m)
-                    # v ← v + (1−β₂)(g² − v), likewise
-                    old_exp_avg_sq = load(exp_avg_sq, i)
-                    exp_avg_sq_increment = rounded(rounded(rounded(g * g, witness) - old_exp_avg_sq, witness) * w2, witness)
-                    v = rounded(old_exp_avg_sq + exp_avg_sq_increment, witness)
-                    store(exp_avg_sq, i, v)
-                    # θ ← θ − γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)  (numer and denom rebuilt as old + increment: m, v)
-                    denom = rounded(rounded(np.sqrt(v), witness) + e, witness)
-                    update = rounded(neg_step_size * rounded(m / denom, witness), witness)
-                    store(param, i, load(param, i) + update)
-                done += take
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        c = next_task(tasks)
+        while c < starts.shape[0] - 1:
+            for s in range(starts[c], starts[c + 1]):
+                t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
+                neg_step_size = scalar(neg_step_sizes[t], witness)  # −step_size * (...) multiplies by it
+                row = table[t, ROW]
+                indices = column(table, t, INDICES, 0, table[t, NNZ], index_witness)
+                done = 0
+                while done < n:  # the segment's pieces of rows: values lo+done .. lo+done+take
+                    k = (lo + done) // row
+                    first = lo + done - k * row
+                    take = min(row - first, n - done)
+                    at = indices[k] * row + first
+                    grad = column(table, t, GRAD, lo + done, take, witness)
+                    param = column(table, t, PARAM, at, take, witness)
+                    exp_avg = column(table, t, EXP_AVG, at, take, witness)
+                    exp_avg_sq = column(table, t, EXP_AVG_SQ, at, take, witness)
+                    for i in range(take):
+                        # g ← −g if maximize
+                        g = load(grad, i)
+                        if maximize:
+                            g = -g
+                        # m ← m + (1−β₁)(g − m), on the support only
+                        old_exp_avg = load(exp_avg, i)
+                        exp_avg_increment = rounded(rounded(g - old_exp_avg, witness) * w1, witness)
+                        m = rounded(old_exp_avg + exp_avg_increment, witness)
+                        store(exp_avg, i, m)
+                        # v ← v + (1−β₂)(g² − v), likewise
+                        old_exp_avg_sq = load(exp_avg_sq, i)
+                        exp_avg_sq_increment = rounded(rounded(rounded(g * g, witness) - old_exp_avg_sq, witness) * w2, witness)
+                        v = rounded(old_exp_avg_sq + exp_avg_sq_increment, witness)
+                        store(exp_avg_sq, i, v)
+                        # θ ← θ − γ√(1−β₂ᵗ)/(1−β₁ᵗ) · m / (√v + ε)  (numer and denom rebuilt as old + increment: m, v)
+                        denom = rounded(rounded(np.sqrt(v), witness) + e, witness)
+                        update = rounded(neg_step_size * rounded(m / denom, witness), witness)
+                        store(param, i, load(param, i) + update)
+                    done += take
+            c = next_task(tasks)
     return 0
 
 
