@@ -333,15 +333,20 @@ def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain,
     run_side_by_side("Adafactor", kwargs, dtype, params, grads_at, 4)
 
 
-def test_adafactor_state_replaced_between_steps(small_grain):
-    """A recalled table takes the state tensors' addresses afresh: factors and variances replaced by copies."""
+@pytest.mark.parametrize("how", ["copies", "same tensors, new storage"])
+def test_adafactor_state_replaced_between_steps(how, small_grain):
+    """A recalled table takes the state tensors' addresses afresh: factors and variances replaced by copies,
+    or moved to new storage in place (``set_``: the same tensor objects)."""
     params = make_adafactor_params(torch.float32)
     kernel_opt, reference_opt = run_side_by_side("Adafactor", {}, torch.float32, params, lambda step: grads_for(params, step), 2)
     for opt in (kernel_opt, reference_opt):
         for entry in opt.state.values():
             for key in ("row_var", "col_var", "variance"):
                 if key in entry:
-                    entry[key] = entry[key].clone()
+                    if how == "copies":
+                        entry[key] = entry[key].clone()
+                    else:
+                        entry[key].set_(entry[key].clone())
     kernel_params, reference_params = (opt.param_groups[0]["params"] for opt in (kernel_opt, reference_opt))
     for step in range(2, 4):
         for ps in (kernel_params, reference_params):
