@@ -45,7 +45,7 @@ from ._launch import (
     launch,
     load,
     next_task,
-    plan,
+    plan_rows,
     rounded,
     scalar,
     split_by_size,
@@ -136,8 +136,7 @@ def _lars_kernel(table, hyper, witness, grain):
             _move(table, t, 0, n, ratio, hyper, witness)
             j = next_task(tasks)
     # The others, split over the threads: pass 1, Σθ² and Σg² per segment of every matrix ...
-    big = table[rest]
-    segments, starts = plan(big, grain)
+    segments, starts = plan_rows(table, rest, grain)
     partial = zeros(segments.shape[0], 2)
     tasks = task_counter()
     for _ in prange(thread_count()):
@@ -145,16 +144,15 @@ def _lars_kernel(table, hyper, witness, grain):
         while c < starts.shape[0] - 1:
             for s in range(starts[c], starts[c + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-                if big[t, FLAG] != 0:
-                    partial[s, 0], partial[s, 1] = _square_sums(big, t, lo, n, witness)
+                if table[t, FLAG] != 0:
+                    partial[s, 0], partial[s, 1] = _square_sums(table, t, lo, n, witness)
             c = next_task(tasks)
     # ... r per matrix, in the tensor's precision ...
-    count = big.shape[0]
-    sums = tensor_sums(partial, segments, count)
-    ratios = np.empty(count, np.float64)
-    for t in range(count):
+    sums = tensor_sums(partial, segments, table.shape[0])
+    ratios = np.empty(table.shape[0], np.float64)
+    for t in rest:
         ratios[t] = 1.0
-        if big[t, FLAG] != 0:
+        if table[t, FLAG] != 0:
             ratios[t] = np.float64(_ratio(sums[t, 0], sums[t, 1], weight_decay, trust_coefficient, witness))
     # ... pass 2, the update.
     tasks = task_counter()
@@ -163,7 +161,7 @@ def _lars_kernel(table, hyper, witness, grain):
         while c < starts.shape[0] - 1:
             for s in range(starts[c], starts[c + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-                _move(big, t, lo, n, scalar(ratios[t], witness), hyper, witness)
+                _move(table, t, lo, n, scalar(ratios[t], witness), hyper, witness)
             c = next_task(tasks)
 
 
