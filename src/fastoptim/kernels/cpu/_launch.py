@@ -366,10 +366,10 @@ def zeros(rows, cols):
     return out
 
 
-#: A two-pass kernel (norms of whole tensors first, then the update: LARS)
-#: hands each tensor whose second-pass re-reads take at most this many bytes
-#: to one thread, which makes both passes over it back to back: the second
-#: pass then reads it from cache (L2/L3) instead of memory.  Larger tensors
+#: A kernel that needs whole-tensor norms before the update (LARS, LAMB,
+#: Adafactor) hands each tensor whose re-reads take at most this many bytes
+#: to one thread, which makes all its passes over it back to back: the later
+#: passes then read it from cache (L2/L3) instead of memory.  Larger tensors
 #: are split over all threads and make each pass in turn.  On the 2-core VM a
 #: second read of a 4-8 MB window ran 2.4-2.6x faster than the first, of a
 #: 16 MB one 1.8x, of a 48 MB one not at all (docs/kernels.md).  Read through
