@@ -21,7 +21,7 @@ import torch
 
 import fastoptim
 from fastoptim.algorithms import _elementwise
-from fastoptim.bench.paramsets import build
+from fastoptim.bench.paramsets import build, sparse_grad
 from fastoptim.kernels import dispatch
 
 PHASES = ("step entry -> dispatcher", "dispatcher -> gather_", "gather_ (table)", "gather_ -> launch", "launch (kernel)", "after the launch")
@@ -31,7 +31,7 @@ def phases(name: str, set_name: str, rounds: int) -> dict[str, float]:
     paramset = build(set_name)
     params = paramset.fresh_params()
     for p, g in zip(params, paramset.grads):
-        p.grad = g.clone()
+        p.grad = sparse_grad(g) if name == "SparseAdam" else g.clone()
     opt = getattr(fastoptim, name)(params)
     opt.step()
     module = dispatch._kernel_module(dispatch.capability_of(type(opt).rule))
