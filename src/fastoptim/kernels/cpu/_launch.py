@@ -224,6 +224,17 @@ def plan(table, grain):
 
 
 @numba.njit(inline="always")
+def from_the_end(starts, c):
+    """Chunk ``c`` of :func:`plan`'s ``starts``, counted from the last chunk.
+
+    For a pass over data the previous pass has just streamed through: taken
+    in reverse, its first chunks are the ones that pass read last, which the
+    cache still holds when a tensor is not much bigger than it.
+    """
+    return starts.shape[0] - 2 - c
+
+
+@numba.njit(inline="always")
 def plan_rows(table, rows, grain):
     """:func:`plan` over the tensors ``rows`` of ``table`` only; the segments name them by their rows in ``table``."""
     segments, starts = plan(table[rows], grain)

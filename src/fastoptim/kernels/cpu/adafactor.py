@@ -83,6 +83,7 @@ from ._launch import (
     add_scalar,
     bump_steps,
     column,
+    from_the_end,
     columns,
     gather,
     helper,
@@ -580,12 +581,14 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     )  # fmt: skip
             c = next_task(tasks)
 
-    # pass 3: Σu² of every matrix, u from the new factors
+    # pass 3: Σu² of every matrix, u from the new factors (last chunk first: pass 1 read it last,
+    # and pass 4 then starts where this pass ends)
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
-            for s in range(starts[c], starts[c + 1]):
+            k = from_the_end(starts, c)
+            for s in range(starts[k], starts[k + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
                 if table[t, FLAG] != VECTOR:
                     partial[s, 1] = _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness)

@@ -38,6 +38,7 @@ from ._launch import (
     add_scalar,
     column,
     columns,
+    from_the_end,
     gather,
     kernel,
     launch,
@@ -178,11 +179,13 @@ def _lamb_kernel(table, hyper, witness, grain):
     ratios = np.empty(table.shape[0], np.float64)
     for t in rest:
         ratios[t] = np.float64(_trust_ratio(table, t, sums[t, 0], sums[t, 1], hyper, witness))
+    # pass 2, last chunk first: pass 1 read it last
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
-            for s in range(starts[c], starts[c + 1]):
+            k = from_the_end(starts, c)
+            for s in range(starts[k], starts[k + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
                 _move(table, t, lo, n, scalar(ratios[t], witness), hyper, witness)
             c = next_task(tasks)

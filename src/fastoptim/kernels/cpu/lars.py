@@ -40,6 +40,7 @@ from ._launch import (
     add_scalar,
     column,
     columns,
+    from_the_end,
     gather,
     kernel,
     launch,
@@ -154,12 +155,13 @@ def _lars_kernel(table, hyper, witness, grain):
         ratios[t] = 1.0
         if table[t, FLAG] != 0:
             ratios[t] = np.float64(_ratio(sums[t, 0], sums[t, 1], weight_decay, trust_coefficient, witness))
-    # ... pass 2, the update.
+    # ... pass 2, the update (last chunk first: pass 1 read it last).
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
-            for s in range(starts[c], starts[c + 1]):
+            k = from_the_end(starts, c)
+            for s in range(starts[k], starts[k + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
                 _move(table, t, lo, n, scalar(ratios[t], witness), hyper, witness)
             c = next_task(tasks)
