@@ -603,6 +603,20 @@ def test_plan_rows_names_the_tensors_by_their_rows_in_the_table():
     assert starts[-1] == len(segments)
 
 
+@numba.njit
+def _chunks_from_the_end(starts):
+    return [numba_launch.from_the_end(starts, c) for c in range(starts.shape[0] - 1)]
+
+
+def test_from_the_end_visits_every_chunk_once_last_first():
+    table = np.zeros((3, 4), np.int64)
+    table[:, numba_launch.NUMEL] = [1000, 70, 640]
+    segments, starts = numba_launch.plan(table, 128)
+    order = _chunks_from_the_end(starts)
+    assert len(starts) > 4
+    assert order == list(range(len(starts) - 2, -1, -1))
+
+
 @numba.njit(parallel=True)
 def _take_every_task(costs, times_taken, taken_by):
     tasks = numba_launch.task_counter()
