@@ -16,6 +16,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -32,8 +33,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple) -> None:
-    # A crash in C++ (SIGABRT, SIGSEGV) prints every thread's Python stack.
+def _stderr_file(log_dir: str, rank: int) -> str:
+    return os.path.join(log_dir, f"rank{rank}.stderr")
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, log_dir: str) -> None:
+    # The worker's stderr (C++ runtime messages included) goes to a file, so that a
+    # death by signal can be reported with what the worker printed before it.
+    log = open(_stderr_file(log_dir, rank), "w")
+    os.dup2(log.fileno(), 2)
+    # A crash in C++ (SIGABRT, SIGSEGV) prints every thread's Python stack there.
     faulthandler.enable(all_threads=True)
     # Two processes share two cores: one intra-op thread each.
     torch.set_num_threads(1)
@@ -54,9 +63,10 @@ def _once_more(death: str) -> None:
     Seen rarely (2026-11, about 1 run in 15 on a fresh kernel cache, once in
     CI): a worker dies by SIGABRT, "terminate called without an active
     exception", a C++ ``std::terminate`` with no Python error.  Its cause is
-    not found yet (docs/kernels.md, "Known issues"); faulthandler prints every
-    thread's stack when it happens.  A second death fails the test, and a
-    worker's own exception is never retried.
+    not found yet (docs/kernels.md, "Known issues").  The warning carries the
+    end of the dead worker's stderr, where faulthandler has printed every
+    thread's stack.  A second death fails the test, and a worker's own
+    exception is never retried.
     """
     warnings.warn(f"{death}; trying once more", stacklevel=3)
 
@@ -65,13 +75,15 @@ def run_workers(fn: Callable, *args: Any, world_size: int = 2) -> None:
     """Run ``fn`` in ``world_size`` processes; one more try if a signal killed one of them (:func:`_once_more`)."""
     for attempt in range(2):
         port = free_port()
-        try:
-            mp.spawn(_worker, args=(world_size, port, fn, args), nprocs=world_size, join=True)
-            return
-        except mp.ProcessExitedException as exc:
-            if attempt or not exc.signal_name:
-                raise
-            _once_more(f"distributed worker died: {exc}")
+        with tempfile.TemporaryDirectory() as log_dir:
+            try:
+                mp.spawn(_worker, args=(world_size, port, fn, args, log_dir), nprocs=world_size, join=True)
+                return
+            except mp.ProcessExitedException as exc:
+                if attempt or not exc.signal_name:
+                    raise
+                printed = Path(_stderr_file(log_dir, exc.error_index)).read_text(errors="replace")
+                _once_more(f"distributed worker died: {exc}; its stderr ended with {printed[-2000:]!r}")
 
 
 def run_script(script: Path, argv: Callable[[int], list[str]]) -> subprocess.CompletedProcess:

@@ -15,6 +15,7 @@ pytestmark = pytest.mark.distributed
 def _abort_on_first_attempt(rank: int, world_size: int, marker: str) -> None:
     if not os.path.exists(marker):
         open(marker, "w").close()
+        os.write(2, b"last words before the abort\n")
         os.abort()
 
 
@@ -29,8 +30,12 @@ def _fail_on_first_attempt(rank: int, world_size: int, marker: str) -> None:
 
 
 def test_a_worker_killed_by_a_signal_is_retried_once(tmp_path):
-    with pytest.warns(UserWarning, match="SIGABRT"):
+    with pytest.warns(UserWarning, match="SIGABRT") as caught:
         run_workers(_abort_on_first_attempt, str(tmp_path / "marker"), world_size=1)
+    # the warning carries what the worker wrote to stderr, and faulthandler's stack of the abort
+    (message,) = [str(w.message) for w in caught if "SIGABRT" in str(w.message)]
+    assert "last words before the abort" in message
+    assert "Fatal Python error: Aborted" in message
 
 
 def test_a_second_death_fails(tmp_path):
