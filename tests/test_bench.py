@@ -262,6 +262,10 @@ def test_derive_speedup_is_against_the_fastest_torch_variant():
         r["cell_ceiling_gbps"] = 35.0
     runner._derive(cell, ceiling_gbps=40.0)
     assert cell[1]["pct_ceiling"] == pytest.approx(80.0)  # 28 GB/s of the cell's 35
+    assert cell[1]["pct_own_memory"] is None  # no own-memory yardstick in this made-up cell
+    cell[1]["own_memory_gbps"] = 32.0
+    runner._derive(cell, ceiling_gbps=40.0)
+    assert cell[1]["pct_own_memory"] == pytest.approx(87.5)  # 28 GB/s of 32 measured on the cell's own tensors
     sgd = {r["variant"]: r for r in rows if r["algorithm"] == "SGD"}
     assert sgd["fastoptim"]["torch_best"] == "torch_forloop"
     assert sgd["fastoptim"]["speedup_vs_torch_best"] == pytest.approx(0.5)
@@ -296,7 +300,11 @@ def test_markdown_shows_the_derived_numbers():
     adam = next(line for line in text.splitlines() if line.startswith("| Adam | 28 |"))
     # fastoptim: 1.00 ms median, p25 0.95, p75 1.10, 28 GB/s = 70% of 40 GB/s; 1.5x the fused variant
     assert "1.00 (0.950–1.10) · 70%" in adam
-    assert "| 28.0 | – |" in adam and "1.50× (fused)" in adam  # no cell ceiling in this made-up row
+    assert "| 28.0 | – | – | – |" in adam and "1.50× (fused)" in adam  # no cell ceiling or own memory here
+    rows[-1].update(cell_ceiling_gbps=35.0, own_memory_gbps=32.0)
+    runner._derive(rows, ceiling_gbps=40.0)
+    adam = next(line for line in report.markdown(data).splitlines() if line.startswith("| Adam | 28 |"))
+    assert "| 28.0 | 35.0 | 32.0 | 88% |" in adam
     assert "MALLOC_MMAP_THRESHOLD_=33554432" in text
     assert "Muon: skipped" in text
     assert "fastoptim bench --only Adam" in text
@@ -425,6 +433,19 @@ def test_quick_bench_runs_end_to_end(tmp_path):
             assert len(taken) >= data["config"]["rounds"]
             row = next(r for r in data["results"] if (r["algorithm"], r["param_set"]) == (algorithm, set_name))
             assert row["cell_ceiling_gbps"] == pytest.approx(cell_gbps)
+    # the ceiling's operation on each cell's own parameters and gradients, in the same rounds
+    own = {o["where"]: o for o in data["own_memory"]}
+    assert set(own) == set(checkpoints) - {"start"}
+    for key, record in own.items():
+        algorithm, set_name = key.split(" / ")
+        info = data["param_sets"][set_name]
+        assert record["bytes"] == 3 * info["param_bytes"]
+        assert len(record["samples_s"]) >= data["config"]["rounds"]
+        own_gbps = record["bytes"] / stats.summarize(record["samples_s"])["median"] / 1e9
+        for row in data["results"]:
+            if (row["algorithm"], row["param_set"]) == (algorithm, set_name):
+                assert row["own_memory_gbps"] == pytest.approx(own_gbps)
+                assert row["pct_own_memory"] == pytest.approx(100 * row["gbps"] / own_gbps)
 
     cells = {(r["algorithm"], r["param_set"], r["variant"]): r for r in data["results"]}
     for algorithm in ("SGD", "Adam"):

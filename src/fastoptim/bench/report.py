@@ -75,7 +75,10 @@ def _set_table(data: dict, set_name: str) -> list[str]:
     present = [v for v in _VARIANT_ORDER if any(v in cells[(a, set_name)] for a in algorithms)]
     labels = {r["variant"]: r["label"] for r in data["results"]}
     header = ["Algorithm", "B/elem"] + [labels[v] for v in present]
-    header += ["fastoptim GB/s", "ceiling GB/s", "vs best torch", "peak extra MiB (fastoptim / best torch)"]
+    header += [
+        "fastoptim GB/s", "ceiling GB/s", "own-memory GB/s", "fastoptim % of own memory", "vs best torch",
+        "peak extra MiB (fastoptim / best torch)",
+    ]  # fmt: skip
     tiny = set_name == "tiny"
     if tiny:
         header.append("µs/tensor (fastoptim / best torch)")
@@ -93,6 +96,8 @@ def _set_table(data: dict, set_name: str) -> list[str]:
         row += [
             _fmt(ours.get("gbps") if ok else None, "{:.1f}"),
             _fmt(ours.get("cell_ceiling_gbps"), "{:.1f}"),
+            _fmt(ours.get("own_memory_gbps"), "{:.1f}"),
+            _fmt(ours.get("pct_own_memory") if ok else None, "{:.0f}%"),
             "–" if speed is None else f"{speed:.2f}× ({_short(labels.get(ours['torch_best'], '?'))})",
             f"{_mib(ours.get('peak_extra_bytes'))} / {_mib(best.get('peak_extra_bytes'))}",
         ]
@@ -184,6 +189,9 @@ def markdown(data: dict) -> str:
         "",
         "Step-time cells: median ms (p25–p75) · % of the ceiling (GB/s from the byte model below, over the "
         "ceiling measured in the same cell's rounds: the \"ceiling GB/s\" column). "
+        "\"own-memory GB/s\": the ceiling's operation on the cell's own parameters and gradients "
+        "(`p.add_(g, alpha=0)` for each, one `_foreach_add_`), in the same rounds; fastoptim's GB/s as a % of it "
+        "is next to it (allocations can differ in speed on a VM). "
         "\"vs best torch\" = best torch variant's median / fastoptim's median (>1: fastoptim faster). "
         "n/a: torch has no such variant on CPU.",
         *_reference_note(data),
@@ -258,7 +266,8 @@ def summary(data: dict) -> str:
         pct, speed = row.get("pct_ceiling"), row.get("speedup_vs_torch_best")
         lines.append(
             f"{row['algorithm']:<10} {row['param_set']:<5} {fmt_ms(row['time_s']['median']):>8} ms "
-            f"{_fmt(row.get('gbps'), '{:6.1f}')} GB/s {_fmt(pct, '{:5.0f}')}% of ceiling  "
+            f"{_fmt(row.get('gbps'), '{:6.1f}')} GB/s {_fmt(pct, '{:5.0f}')}% of ceiling "
+            f"{_fmt(row.get('pct_own_memory'), '{:4.0f}')}% of own memory  "
             f"{_fmt(speed, '{:5.2f}')}x vs torch {row.get('torch_best') or '-'}"
         )
     for row in data["cold"]:

@@ -14,6 +14,11 @@ about not letting the noise favour one side):
 * the bandwidth ceiling (``a.add_(b, alpha=s)``) takes part in every cell's
   rounds like one more variant, so each cell's % of ceiling compares with a
   ceiling measured under the same load, interleaved with it;
+* so does the same operation on the cell's own memory (:class:`OwnMemory`:
+  ``p.add_(g, alpha=0)`` over its parameters and gradients), because on a VM
+  two allocations can run at different speeds at the same moment: the "% of
+  own memory" shows how much of a row's distance to the ceiling is where its
+  tensors landed;
 * the garbage collector is off while timing (both sides allocate Python objects).
 """
 
@@ -218,6 +223,28 @@ class Ceiling:
         }
 
 
+class OwnMemory:
+    """The ceiling's operation on a cell's own tensors: ``p.add_(g, alpha=0)`` for every parameter.
+
+    It reads each parameter and gradient and writes the parameter back
+    unchanged (the gradients are finite), one ``_foreach_add_`` call for the
+    whole set, so it pays one small per-tensor cost in C++ and none in Python.
+    SparseAdam's cells pair the parameters with the set's dense gradients.
+    """
+
+    def __init__(self, params: list[torch.Tensor], dense_grads: list[torch.Tensor]) -> None:
+        self.params, self.grads = params, dense_grads
+        self.bytes = sum(bytemodel.ceiling_bytes(p.numel(), p.element_size()) for p in params)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        torch._foreach_add_(self.params, self.grads, alpha=0.0)
+
+    def result(self, taken: list[float]) -> dict:
+        summary = stats.summarize(taken)
+        return {"time_s": summary, "gbps": stats.gbps(self.bytes, summary["median"])}
+
+
 def _describe_error(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
@@ -225,6 +252,8 @@ def _describe_error(exc: BaseException) -> str:
 
 #: the ceiling's key among a cell's participants (never a variant's key)
 CEILING_KEY = "ceiling"
+#: the key of the ceiling's operation on the cell's own tensors (:class:`OwnMemory`)
+OWN_MEMORY_KEY = "own_memory"
 
 #: every time a step left torch's intra-op thread count changed: {variant, algorithm, set, from, to}
 THREAD_CHANGES: list[dict] = []
@@ -253,10 +282,12 @@ def _run_cell(
     rng: random.Random,
     threads: int,
     ceiling: Ceiling,
+    own_memory_log: list[dict],
 ) -> list[dict]:
-    """Time every variant of one (algorithm, parameter set) cell, and the ceiling among them.
+    """Time every variant of one (algorithm, parameter set) cell, and the ceiling and own-memory add_ among them.
 
-    Returns one result dict per variant, each carrying the cell's ceiling.
+    Returns one result dict per variant, each carrying the cell's ceiling and
+    own-memory GB/s; the own-memory samples go to ``own_memory_log``.
     """
     params = pset.fresh_params()
     if algorithm == "SparseAdam":
@@ -269,6 +300,7 @@ def _run_cell(
     # L-BFGS: step(closure), the same closure for every variant (it writes the gradients in place)
     closure = closure_for(algorithm, params)
 
+    own_memory = OwnMemory(params, pset.grads if algorithm == "SparseAdam" else grads)
     rows = {v.key: {"variant": v.key, "label": v.label, "library": v.library, "error": None} for v in variants}
     optimizers: dict[str, torch.optim.Optimizer] = {}
     for v in variants:
@@ -282,8 +314,8 @@ def _run_cell(
         return optimizer_step if closure is None else (lambda: optimizer_step(closure))
 
     last = [None]
-    # the ceiling runs in the same rounds, under a key no variant uses
-    runners: dict[str, Callable[[], object]] = {CEILING_KEY: ceiling.step}
+    # the ceiling and the own-memory yardstick run in the same rounds, under keys no variant uses
+    runners: dict[str, Callable[[], object]] = {CEILING_KEY: ceiling.step, OWN_MEMORY_KEY: own_memory.step}
 
     def step(key: str) -> float | None:
         _restore_threads(threads, algorithm, pset.name, last[0])
@@ -296,7 +328,7 @@ def _run_cell(
             return None
 
     def participants() -> list[str]:
-        return [*optimizers, CEILING_KEY]
+        return [*optimizers, CEILING_KEY, OWN_MEMORY_KEY]
 
     warm: dict[str, list[float]] = {k: [] for k in participants()}
     for _ in range(cfg.warmup):
@@ -340,13 +372,19 @@ def _run_cell(
             except Exception as exc:  # noqa: BLE001
                 rows[key]["error"] = _describe_error(exc)
 
-    cell_ceiling = None
+    cell_ceiling = own = None
     if samples[CEILING_KEY]:
         cell_ceiling = ceiling.record(samples[CEILING_KEY], f"{algorithm} / {pset.name}")
+    if samples[OWN_MEMORY_KEY]:
+        own = own_memory.result(samples[OWN_MEMORY_KEY])
+        own_memory_log.append(
+            {"where": f"{algorithm} / {pset.name}", "bytes": own_memory.bytes, "samples_s": samples[OWN_MEMORY_KEY]}
+        )
     for v in variants:
         row = rows[v.key]
         row.update(algorithm=algorithm, param_set=pset.name, step_bytes=nbytes, n_tensors=pset.n_tensors)
         row["cell_ceiling_gbps"] = cell_ceiling["gbps"] if cell_ceiling else None
+        row["own_memory_gbps"] = own["gbps"] if own else None
         times = samples.get(v.key)
         if row["error"] is None and times:
             summary = stats.summarize(times)
@@ -364,7 +402,7 @@ def _run_cell(
                     row["memory_error"] = mem[v.key]["error"]
         elif row["error"] is None:
             row["error"] = "no timed steps"
-    del optimizers, params, grads, closure
+    del optimizers, params, grads, closure, own_memory
     gc.collect()
     return list(rows.values())
 
@@ -384,6 +422,7 @@ def _derive(results: list[dict], ceiling_gbps: float | None) -> None:
         for r in timed:
             # against the ceiling measured in the cell's own rounds when there is one
             r["pct_ceiling"] = stats.percent_of(r.get("gbps"), r.get("cell_ceiling_gbps") or ceiling_gbps)
+            r["pct_own_memory"] = stats.percent_of(r.get("gbps"), r.get("own_memory_gbps"))
             r["torch_best"] = best["variant"] if best else None
             r["speedup_vs_torch_best"] = stats.speedup(
                 best["time_s"]["median"] if best else None, r["time_s"]["median"]
@@ -488,12 +527,13 @@ def run(cfg: BenchConfig) -> dict:
         bar.set_postfix_str("ceiling")
         ceiling = Ceiling(cfg.ceiling_mib, dtype, cfg.seed)
         ceiling.sample(cfg.ceiling_samples, "start")
+        own_memory_log: list[dict] = []
         bar.update()
         for algorithm in cfg.algorithms:
             variants, notes[algorithm] = variants_for(algorithm)
             for name, pset in sets.items():
                 bar.set_postfix_str(f"{algorithm} / {name}")
-                results += _run_cell(algorithm, pset, variants, cfg, rng, threads, ceiling)
+                results += _run_cell(algorithm, pset, variants, cfg, rng, threads, ceiling, own_memory_log)
                 bar.update()
         ceiling.release()
         ceiling_result = ceiling.result()
@@ -562,6 +602,7 @@ def run(cfg: BenchConfig) -> dict:
         },
         "param_sets": set_info,
         "ceiling": ceiling_result,
+        "own_memory": own_memory_log,
         "results": results,
         "variant_notes": notes,
         "cold": cold,
