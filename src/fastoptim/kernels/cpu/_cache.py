@@ -84,6 +84,17 @@ if _override is not None:
     FASTMATH = frozenset(f.strip() for f in _override.split(",") if f.strip() and f.strip() != "none")
 
 
+#: The widest SIMD vector, in bits, of the loops whose kernels ask for one
+#: (``_launch.vector_width_hint``; 0 leaves it to LLVM).  LLVM would give an
+#: AVX-512 CPU such as Zen 4 512-bit loops; with 256-bit ones, streaming SGD
+#: over one 8192² tensor went from 0.85x to 0.95x the speed of torch's ``add_``
+#: when memory ran at 90 GB/s (docs/kernels.md, "Vector width").
+#: ``FASTOPTIM_VECTOR_BITS`` changes it for measurements; like the flags, it
+#: is part of the cache directory's name.
+_DEFAULT_VECTOR_BITS = 256
+VECTOR_BITS = int(os.environ.get("FASTOPTIM_VECTOR_BITS", _DEFAULT_VECTOR_BITS))
+
+
 def _base_dir() -> str:
     explicit = os.environ.get("FASTOPTIM_CACHE_DIR")
     if explicit:
@@ -98,6 +109,8 @@ def _usable_dir() -> str | None:
     version = f"numba{numba.__version__}-py{sys.version_info[0]}{sys.version_info[1]}-{SOURCE_HASH[:16]}"
     if FASTMATH != _DEFAULT_FASTMATH:
         version += "-fm-" + "-".join(sorted(FASTMATH) or ["none"])
+    if VECTOR_BITS != _DEFAULT_VECTOR_BITS:
+        version += f"-vw{VECTOR_BITS}"
     path = os.path.join(_base_dir(), version)
     try:
         os.makedirs(path, exist_ok=True)

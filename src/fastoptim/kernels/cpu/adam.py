@@ -33,6 +33,7 @@ from ._launch import (
     store,
     task_counter,
     thread_count,
+    vector_width_hint,
 )
 
 SCALARS = ("step",)
@@ -70,6 +71,7 @@ def _adam_kernel(table, hyper, witness, grain):
     segments, starts = plan(table, grain)
     tasks = task_counter()
     for _ in prange(thread_count()):
+        vector_width_hint()
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
             for s in range(starts[c], starts[c + 1]):

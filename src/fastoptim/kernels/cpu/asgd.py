@@ -37,6 +37,7 @@ from ._launch import (
     stream_copy,
     task_counter,
     thread_count,
+    vector_width_hint,
 )
 
 SCALARS = ("step", "eta", "mu")
@@ -84,6 +85,7 @@ def _asgd_kernel(table, hyper, witness, grain):
     segments, starts = plan(table, grain)
     tasks = task_counter()
     for _ in prange(thread_count()):
+        vector_width_hint()
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
             for s in range(starts[c], starts[c + 1]):

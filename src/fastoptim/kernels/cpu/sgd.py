@@ -32,6 +32,7 @@ from ._launch import (
     store,
     task_counter,
     thread_count,
+    vector_width_hint,
     why_not,
 )
 
@@ -53,6 +54,7 @@ def _sgd_kernel(table, hyper, witness, grain):
     segments, starts = plan(table, grain)
     tasks = task_counter()
     for _ in prange(thread_count()):
+        vector_width_hint()
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
             for s in range(starts[c], starts[c + 1]):
