@@ -46,7 +46,7 @@ _COL = columns(SCALARS, BUFFERS)
 STEP, ETA, MU, AX = (_COL[k] for k in (*SCALARS, *BUFFERS))
 #: elements updated before their block of the average is copied (4 KiB of float32: still in L1).
 #: Against 4096, with the arrays viewed once per segment and sliced per block (as now), a step on
-#: one 8192² tensor took 0.87-0.92x the time, at both memory speeds (docs/kernels.md)
+#: one 8192² tensor took 0.87-0.93x the time, at both memory speeds (docs/kernels.md)
 BLOCK = 1024
 
 
