@@ -691,3 +691,49 @@ def test_cache_shared_by_concurrent_processes(tmp_path):
     from fastoptim.kernels.cpu import _cache
 
     assert entry.endswith(_cache.SOURCE_HASH[:16])
+
+
+_VECTOR_WIDTH_PROBE = textwrap.dedent(
+    """
+    import re, torch, fastoptim
+    from fastoptim.kernels.cpu import _cache, _launch, sgd
+    p = torch.randn(4096, requires_grad=True); p.grad = torch.ones(4096)
+    opt = fastoptim.SGD([p], lr=0.5)
+    opt.step()  # the kernel as it is: its prange body calls vector_width_hint()
+    hinted = sgd._sgd_kernel
+    _cache.VECTOR_BITS = 0
+    plain = _launch.kernel(hinted.py_func)
+    sgd._sgd_kernel = plain
+    opt.step()  # the same kernel compiled with no hint
+    def loop_registers(dispatcher):
+        asm = "\\n".join(dispatcher.inspect_asm().values())
+        start = re.search(r"^_ZN\\S*__numba_parfor_gufunc\\S*:$", asm, re.M).end()  # the loop function (not its wrapper)
+        body = asm[start : asm.index(".Lfunc_end", start)]
+        return sorted(set(re.findall(r"%([xyz]mm)[0-9]", body)))
+    print(" ".join(loop_registers(hinted)), "|", " ".join(loop_registers(plain)))
+    """
+)
+
+
+def _has_avx512() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _has_avx512(), reason="the hint only changes code on an AVX-512 CPU")
+def test_vector_width_hint_narrows_the_loops():
+    """vector_width_hint() keeps SGD's parallel loop on 256-bit registers where LLVM alone picks 512-bit ones.
+
+    Compiled in a child process with the on-disk cache off, so that the same
+    kernel can be compiled twice, with the hint and without it.
+    """
+    env = dict(os.environ, FASTOPTIM_CACHE_DIR="/proc/nope", FASTOPTIM_COMPILE_IN_PROCESS="1")
+    env.pop("FASTOPTIM_VECTOR_BITS", None)
+    run = subprocess.run([sys.executable, "-c", _VECTOR_WIDTH_PROBE], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    hinted, plain = (set(side.split()) for side in run.stdout.strip().split("|"))
+    assert "ymm" in hinted and "zmm" not in hinted, run.stdout
+    assert "zmm" in plain, run.stdout
