@@ -14,7 +14,9 @@ alternately on the same parameters with the bench's ``many`` or ``big`` set,
 beside ``torch._foreach_add_(params, grads, alpha=0)`` on those parameters,
 and every 4 s a row gives that yardstick's GB/s (the memory's phase) and, per
 algorithm, the time with LLVM's width divided by the time with the hint (> 1:
-the hint is faster).
+the hint is faster).  Two compilations of one kernel can differ by a few per
+cent by themselves: run it with ``FASTOPTIM_VECTOR_BITS=0`` (neither copy
+hinted) for the A/A baseline.
 """
 
 from __future__ import annotations
