@@ -737,3 +737,15 @@ def test_vector_width_hint_narrows_the_loops():
     hinted, plain = (set(side.split()) for side in run.stdout.strip().split("|"))
     assert "ymm" in hinted and "zmm" not in hinted, run.stdout
     assert "zmm" in plain, run.stdout
+
+
+def test_vector_bits_setting_is_checked():
+    """FASTOPTIM_VECTOR_BITS: unset gives 256, a whole number is taken, anything else is a clear error."""
+    from fastoptim.kernels.cpu import _cache
+
+    assert _cache._vector_bits(None) == 256
+    assert _cache._vector_bits("0") == 0
+    assert _cache._vector_bits("512") == 512
+    for bad in ("wide", "-1", "2.5", ""):
+        with pytest.raises(ValueError, match="FASTOPTIM_VECTOR_BITS"):
+            _cache._vector_bits(bad)

@@ -92,7 +92,18 @@ if _override is not None:
 #: ``FASTOPTIM_VECTOR_BITS`` changes it for measurements; like the flags, it
 #: is part of the cache directory's name.
 _DEFAULT_VECTOR_BITS = 256
-VECTOR_BITS = int(os.environ.get("FASTOPTIM_VECTOR_BITS", _DEFAULT_VECTOR_BITS))
+
+
+def _vector_bits(setting: str | None) -> int:
+    """``FASTOPTIM_VECTOR_BITS`` as a width: unset gives the default; anything but a whole number >= 0 is an error."""
+    if setting is None:
+        return _DEFAULT_VECTOR_BITS
+    if not setting.strip().isdigit():
+        raise ValueError(f"FASTOPTIM_VECTOR_BITS must be a whole number of bits (256, or 0 for LLVM's choice), got {setting!r}")
+    return int(setting)
+
+
+VECTOR_BITS = _vector_bits(os.environ.get("FASTOPTIM_VECTOR_BITS"))
 
 
 def _base_dir() -> str:

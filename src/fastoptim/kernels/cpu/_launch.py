@@ -345,13 +345,11 @@ def vector_width_hint(typingctx):
     no string attributes, so the attribute goes into its set directly; should
     that ever fail, the loops keep LLVM's own width (same results, other speed).
 
-    Only the kernels it made faster call it: SGD, ASGD and Adam (AdamW).  On
-    this Zen 4 VM, paired in one process against the same kernel with LLVM's
-    512-bit loops, it made SGD 2-7 % and ASGD 1-14 % faster on both bench sets,
-    Adam 3-5 % on ``big`` when memory ran fast and level otherwise; it made
-    the kernels with a square root and a division per element, or float64
-    sums beside float32 loads (LAMB: 4 lanes instead of 8), slower
-    (docs/kernels.md, "Vector width").
+    Only the kernels it made faster call it: SGD, ASGD and Adam (AdamW; its
+    gain is at the edge of the noise).  It made the kernels with a square root
+    and a division per element, or float64 sums beside float32 loads (LAMB: 4
+    lanes instead of 8), slower.  The paired measurements, with their A/A
+    baseline: docs/kernels.md, "Vector width".
     """
     sig = types.void()
 
