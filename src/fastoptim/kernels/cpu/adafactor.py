@@ -93,6 +93,7 @@ from ._launch import (
     load,
     next_task,
     plan_rows,
+    quartered_sum,
     rounded,
     scalar,
     split_by_size,
@@ -283,6 +284,23 @@ _segment_pass = numba.njit(fastmath=set(_FASTMATH) or False, nogil=True, error_m
 
 
 @numba.njit(inline="always")
+def _weight_square(i, args):
+    """θᵢ² (a term of Σθ², for :func:`quartered_sum`)."""
+    param, witness = args
+    return _square(load(param, i))
+
+
+@numba.njit(inline="always")
+def _update_square(i, args):
+    """uᵢ² of a run of one line of a matrix, u = V̂^(-1/2)·G from the line's scale and the positions' (a term of Σu²)."""
+    grads, scale, scales, cap, maximize, witness = args
+    g = load(grads, i)
+    if maximize:
+        g = -g
+    return _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
+
+
+@numba.njit(inline="always")
 def _move(param, grad, i, root, maximize, decays, keep, step, witness):
     """Element ``i`` of the step: θ ← θ(1 − γλ) − α/clip · u, with u = V̂^(-1/2)·g (``root`` is V̂^(-1/2))."""
     g = load(grad, i)
@@ -307,9 +325,7 @@ def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, l
     """
     param = column(table, t, PARAM, lo, n, witness)
     grad = column(table, t, GRAD, lo, n, witness)
-    weights = 0.0
-    for i in range(n):
-        weights += _square(load(param, i))
+    weights = quartered_sum(_weight_square, n, (param, witness))
     if table[t, FLAG] == VECTOR:
         variance = column(table, t, VARIANCE, lo, n, witness)
         updates = 0.0
@@ -410,13 +426,7 @@ def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap
         grads = column(table, t, GRAD, k, m, witness)
         scale = line_scale[line_at[t] + line]
         scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
-        total = 0.0
-        for i in range(m):
-            g = load(grads, i)
-            if maximize:
-                g = -g
-            total += _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
-        updates += total
+        updates += quartered_sum(_update_square, m, (grads, scale, scales, cap, maximize, witness))
         k += m
     return updates
 
