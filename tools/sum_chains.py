@@ -6,10 +6,10 @@ Two sums over one ``size × size`` float32 tensor, each parallel over its rows
 (two threads by default, as numba's ``prange`` gives them): Σθ² and
 Adafactor's Σu² (u = min(r·c, cap)·g, from a row scale and a position scale).
 Each is timed with the terms added in one running float64 sum per row and with
-:func:`fastoptim.kernels.cpu._launch.quartered_sum` (four running sums, one per
+:func:`fastoptim.kernels.cpu._launch.quartered_sums` (four running sums, one per
 quarter of the row), next to a single pass of ``a.add_(b)`` over the same
 tensor (the bench's ceiling: three tensors' worth of traffic, not one).
-quartered_sum's docstring quotes it.
+quartered_sums' docstring quotes it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from fastoptim.kernels.cpu._launch import FASTMATH, quartered_sum
+from fastoptim.kernels.cpu._launch import FASTMATH, quartered_sums
 
 _FASTMATH = set(FASTMATH) - {"arcp"}  # Adafactor's kernel flags
 
@@ -31,7 +31,7 @@ _FASTMATH = set(FASTMATH) - {"arcp"}  # Adafactor's kernel flags
 @numba.njit(inline="always")
 def _square_term(i, args):
     (x,) = args
-    return np.float64(x[i] * x[i])
+    return np.float64(x[i] * x[i]), 0.0
 
 
 @numba.njit(inline="always")
@@ -41,7 +41,7 @@ def _update_term(i, args):
     if root > cap:
         root = cap
     u = root * g[i]
-    return np.float64(u * u)
+    return np.float64(u * u), 0.0
 
 
 @numba.njit(parallel=True, fastmath=_FASTMATH)
@@ -51,7 +51,7 @@ def _squares_one_chain(x):
         row = x[r]
         s = 0.0
         for i in range(row.shape[0]):
-            s += _square_term(i, (row,))
+            s += _square_term(i, (row,))[0]
         total += s
     return total
 
@@ -61,7 +61,7 @@ def _squares_quartered(x):
     total = 0.0
     for r in prange(x.shape[0]):
         row = x[r]
-        total += quartered_sum(_square_term, row.shape[0], (row,))
+        total += quartered_sums(_square_term, row.shape[0], (row,))[0]
     return total
 
 
@@ -72,7 +72,7 @@ def _updates_one_chain(g, line_scale, pos_scale, cap):
         row = g[r]
         s = 0.0
         for i in range(row.shape[0]):
-            s += _update_term(i, (row, line_scale[r], pos_scale, cap))
+            s += _update_term(i, (row, line_scale[r], pos_scale, cap))[0]
         total += s
     return total
 
@@ -82,7 +82,7 @@ def _updates_quartered(g, line_scale, pos_scale, cap):
     total = 0.0
     for r in prange(g.shape[0]):
         row = g[r]
-        total += quartered_sum(_update_term, row.shape[0], (row, line_scale[r], pos_scale, cap))
+        total += quartered_sums(_update_term, row.shape[0], (row, line_scale[r], pos_scale, cap))[0]
     return total
 
 

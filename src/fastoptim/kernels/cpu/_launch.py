@@ -460,29 +460,45 @@ def tensor_sums(partial, segments, count):
 
 
 @numba.njit(inline="always")
-def quartered_sum(term, n, args):
-    """``Σ term(i, args)`` for ``i`` in ``0 .. n-1``, in float64, as four running sums over the four quarters.
+def quartered_sums(term, n, args):
+    """Two sums in float64, ``Σ term(i, args)`` for ``i`` in ``0 .. n-1`` (``term`` gives a pair), each as four running sums.
 
-    A read-only pass that adds float64 terms in one running sum is bound by
-    the latency of that one chain of additions, not by memory: LLVM
-    vectorizes it, but each vector add waits for the last.  Measured on one
-    8192² float32 tensor, two threads of an AVX-512 Xeon: Σθ² in one chain
-    13.5-17.3 ms, over quarters 10.0-11.2 ms (the pace of a read-only pass);
-    Adafactor's Σu² 21.3-21.6 and 11.6-11.7 ms (tools/sum_chains.py).  The quarters are contiguous runs, so each is
-    still a stream the prefetchers follow; the order of the additions is the
-    kernel's own (as any of its sums), ``term`` must be an inlined njit
-    function of ``(i, args)``.
+    A pass that adds float64 terms in one running sum is bound by the
+    latency of that chain of additions, not by memory: LLVM vectorizes it,
+    but each vector add waits for the last.  Here each quarter of the range
+    has its own running sums: four chains, and four contiguous runs that the
+    prefetchers follow as streams.  Measured on one 8192² float32 tensor,
+    two threads of an AVX-512 Xeon: Σθ² in one chain 13.5-17.3 ms, over
+    quarters 10.0-11.2 ms (the pace of a read-only pass); Adafactor's Σu²
+    21.3-21.6 and 11.6-11.7 ms (tools/sum_chains.py).
+
+    ``term`` is an njit function of ``(i, args)``, inlined; it may also
+    store (a pass that updates state and sums norms), and must not depend
+    on the order in which the indices come.  A kernel that needs one sum
+    returns ``(x, 0.0)``: the fast-math flags drop the zero additions.  The
+    order of the additions is the kernel's own, as in any of its sums.
     """
     q = n // 4
-    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    a0, a1, a2, a3 = 0.0, 0.0, 0.0, 0.0
+    b0, b1, b2, b3 = 0.0, 0.0, 0.0, 0.0
     for i in range(q):
-        t0 += term(i, args)
-        t1 += term(q + i, args)
-        t2 += term(2 * q + i, args)
-        t3 += term(3 * q + i, args)
+        x0, y0 = term(i, args)
+        x1, y1 = term(q + i, args)
+        x2, y2 = term(2 * q + i, args)
+        x3, y3 = term(3 * q + i, args)
+        a0 += x0
+        a1 += x1
+        a2 += x2
+        a3 += x3
+        b0 += y0
+        b1 += y1
+        b2 += y2
+        b3 += y3
     for i in range(4 * q, n):
-        t0 += term(i, args)
-    return (t0 + t1) + (t2 + t3)
+        x0, y0 = term(i, args)
+        a0 += x0
+        b0 += y0
+    return (a0 + a1) + (a2 + a3), (b0 + b1) + (b2 + b3)
 
 
 @intrinsic

@@ -93,7 +93,7 @@ from ._launch import (
     load,
     next_task,
     plan_rows,
-    quartered_sum,
+    quartered_sums,
     rounded,
     scalar,
     split_by_size,
@@ -285,9 +285,9 @@ _segment_pass = numba.njit(fastmath=set(_FASTMATH) or False, nogil=True, error_m
 
 @numba.njit(inline="always")
 def _weight_square(i, args):
-    """θᵢ² (a term of Σθ², for :func:`quartered_sum`)."""
+    """θᵢ² (a term of Σθ², for :func:`quartered_sums`)."""
     param, witness = args
-    return _square(load(param, i))
+    return _square(load(param, i)), 0.0
 
 
 @numba.njit(inline="always")
@@ -297,7 +297,7 @@ def _update_square(i, args):
     g = load(grads, i)
     if maximize:
         g = -g
-    return _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
+    return _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness)), 0.0
 
 
 @numba.njit(inline="always")
@@ -325,7 +325,7 @@ def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, l
     """
     param = column(table, t, PARAM, lo, n, witness)
     grad = column(table, t, GRAD, lo, n, witness)
-    weights = quartered_sum(_weight_square, n, (param, witness))
+    weights, _ = quartered_sums(_weight_square, n, (param, witness))
     if table[t, FLAG] == VECTOR:
         variance = column(table, t, VARIANCE, lo, n, witness)
         updates = 0.0
@@ -426,7 +426,7 @@ def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap
         grads = column(table, t, GRAD, k, m, witness)
         scale = line_scale[line_at[t] + line]
         scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
-        updates += quartered_sum(_update_square, m, (grads, scale, scales, cap, maximize, witness))
+        updates += quartered_sums(_update_square, m, (grads, scale, scales, cap, maximize, witness))[0]
         k += m
     return updates
 

@@ -45,6 +45,7 @@ from ._launch import (
     load,
     next_task,
     plan_rows,
+    quartered_sums,
     rounded,
     scalar,
     set_scalar,
@@ -74,6 +75,27 @@ def _update(m, v, theta, e, lam, coupled, witness):
 
 
 @numba.njit(inline="always")
+def _moment_step(i, args):
+    """Element ``i`` of pass 1: the moments stored, and ``(θ², u²)`` (the terms of the norms)."""
+    param, grad, exp_avg, exp_avg_sq, maximize, decays, keep, b1, w1, b2, w2, e, lam, coupled, witness = args
+    # g ← −g if maximize
+    g = load(grad, i)
+    if maximize:
+        g = -g
+    # θ ← θ(1 − γλ), or θ(1 − λ) with fixed_decay
+    theta = load(param, i)
+    if decays:
+        theta = rounded(theta * keep, witness)
+    # m ← β₁m + β₃g;  v ← β₂v + (1 − β₂)g²
+    m = rounded(rounded(load(exp_avg, i) * b1, witness) + w1 * g, witness)
+    store(exp_avg, i, m)
+    v = rounded(rounded(load(exp_avg_sq, i) * b2, witness) + w2 * g * g, witness)
+    store(exp_avg_sq, i, v)
+    u = _update(m, v, theta, e, lam, coupled, witness)
+    return np.float64(theta) * np.float64(theta), np.float64(u) * np.float64(u)
+
+
+@numba.njit(inline="always")
 def _moments(table, t, lo, n, hyper, witness):
     """Pass 1 over elements ``lo .. lo+n`` of tensor ``t``: the moments, and ``(Σθ², Σu²)``."""
     # every scalar read before the loop: hyper is an array the loop's stores might alias, so LLVM would reload it
@@ -87,26 +109,8 @@ def _moments(table, t, lo, n, hyper, witness):
     grad = column(table, t, GRAD, lo, n, witness)
     exp_avg = column(table, t, EXP_AVG, lo, n, witness)
     exp_avg_sq = column(table, t, EXP_AVG_SQ, lo, n, witness)
-    weights = 0.0
-    updates = 0.0
-    for i in range(n):
-        # g ← −g if maximize
-        g = load(grad, i)
-        if maximize:
-            g = -g
-        # θ ← θ(1 − γλ), or θ(1 − λ) with fixed_decay
-        theta = load(param, i)
-        if decays:
-            theta = rounded(theta * keep, witness)
-        # m ← β₁m + β₃g;  v ← β₂v + (1 − β₂)g²
-        m = rounded(rounded(load(exp_avg, i) * b1, witness) + w1 * g, witness)
-        store(exp_avg, i, m)
-        v = rounded(rounded(load(exp_avg_sq, i) * b2, witness) + w2 * g * g, witness)
-        store(exp_avg_sq, i, v)
-        u = _update(m, v, theta, e, lam, coupled, witness)
-        weights += np.float64(theta) * np.float64(theta)
-        updates += np.float64(u) * np.float64(u)
-    return weights, updates
+    args = (param, grad, exp_avg, exp_avg_sq, maximize, decays, keep, b1, w1, b2, w2, e, lam, coupled, witness)
+    return quartered_sums(_moment_step, n, args)
 
 
 @numba.njit(inline="always")

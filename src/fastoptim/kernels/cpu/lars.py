@@ -47,6 +47,7 @@ from ._launch import (
     load,
     next_task,
     plan_rows,
+    quartered_sums,
     rounded,
     scalar,
     split_by_size,
@@ -74,18 +75,18 @@ def _ratio(weight_sq, grad_sq, weight_decay, trust_coefficient, witness):
 
 
 @numba.njit(inline="always")
+def _squares(i, args):
+    """θᵢ², gᵢ² in float64 (the terms of :func:`_square_sums`)."""
+    param, grad = args
+    theta = np.float64(load(param, i))
+    g = np.float64(load(grad, i))
+    return theta * theta, g * g
+
+
+@numba.njit(inline="always")
 def _square_sums(table, t, lo, n, witness):
     """Σθ², Σg² over elements ``lo .. lo+n`` of tensor ``t`` (‖−g‖ = ‖g‖: maximize needs no sign)."""
-    param = column(table, t, PARAM, lo, n, witness)
-    grad = column(table, t, GRAD, lo, n, witness)
-    weights = 0.0
-    grads = 0.0
-    for i in range(n):
-        theta = np.float64(load(param, i))
-        g = np.float64(load(grad, i))
-        weights += theta * theta
-        grads += g * g
-    return weights, grads
+    return quartered_sums(_squares, n, (column(table, t, PARAM, lo, n, witness), column(table, t, GRAD, lo, n, witness)))
 
 
 @numba.njit(inline="always")
