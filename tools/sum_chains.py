@@ -30,7 +30,7 @@ _FASTMATH = set(FASTMATH) - {"arcp"}  # Adafactor's kernel flags
 
 @numba.njit(inline="always")
 def _square_term(i, args):
-    (x,) = args
+    x, _, _, _ = args
     return np.float64(x[i] * x[i]), 0.0
 
 
@@ -45,44 +45,24 @@ def _update_term(i, args):
 
 
 @numba.njit(parallel=True, fastmath=_FASTMATH)
-def _squares_one_chain(x):
+def _one_chain(term, x, line_scale, pos_scale, cap):
+    """Σ term over the rows of ``x``, one running sum per row."""
     total = 0.0
     for r in prange(x.shape[0]):
-        row = x[r]
+        args = (x[r], line_scale[r], pos_scale, cap)
         s = 0.0
-        for i in range(row.shape[0]):
-            s += _square_term(i, (row,))[0]
+        for i in range(x.shape[1]):
+            s += term(i, args)[0]
         total += s
     return total
 
 
 @numba.njit(parallel=True, fastmath=_FASTMATH)
-def _squares_quartered(x):
+def _quartered(term, x, line_scale, pos_scale, cap):
+    """The same sum, four running sums per row (:func:`quartered_sums`)."""
     total = 0.0
     for r in prange(x.shape[0]):
-        row = x[r]
-        total += quartered_sums(_square_term, row.shape[0], (row,))[0]
-    return total
-
-
-@numba.njit(parallel=True, fastmath=_FASTMATH)
-def _updates_one_chain(g, line_scale, pos_scale, cap):
-    total = 0.0
-    for r in prange(g.shape[0]):
-        row = g[r]
-        s = 0.0
-        for i in range(row.shape[0]):
-            s += _update_term(i, (row, line_scale[r], pos_scale, cap))[0]
-        total += s
-    return total
-
-
-@numba.njit(parallel=True, fastmath=_FASTMATH)
-def _updates_quartered(g, line_scale, pos_scale, cap):
-    total = 0.0
-    for r in prange(g.shape[0]):
-        row = g[r]
-        total += quartered_sums(_update_term, row.shape[0], (row, line_scale[r], pos_scale, cap))[0]
+        total += quartered_sums(term, x.shape[1], (x[r], line_scale[r], pos_scale, cap))[0]
     return total
 
 
@@ -97,10 +77,10 @@ def main() -> None:
     cap = np.float32(1e30)
     a, b = torch.randn(n, n), torch.randn(n, n)
     cases = {
-        "Σθ², one chain": lambda: _squares_one_chain(x),
-        "Σθ², quartered": lambda: _squares_quartered(x),
-        "Σu², one chain": lambda: _updates_one_chain(x, line_scale, pos_scale, cap),
-        "Σu², quartered": lambda: _updates_quartered(x, line_scale, pos_scale, cap),
+        "Σθ², one chain": lambda: _one_chain(_square_term, x, line_scale, pos_scale, cap),
+        "Σθ², quartered": lambda: _quartered(_square_term, x, line_scale, pos_scale, cap),
+        "Σu², one chain": lambda: _one_chain(_update_term, x, line_scale, pos_scale, cap),
+        "Σu², quartered": lambda: _quartered(_update_term, x, line_scale, pos_scale, cap),
         "a.add_(b)": lambda: a.add_(b, alpha=1e-9),
     }
     for run in cases.values():  # compile, and warm the pages

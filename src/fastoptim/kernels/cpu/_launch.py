@@ -631,6 +631,22 @@ def signed_gradient(grad, param, i, maximize, l2, lam, witness):
     return g, theta
 
 
+@numba.njit(inline="always")
+def decoupled_gradient(grad, param, i, maximize, decays, keep, witness):
+    """Element ``i``: ``(g, θ)``, with g ← −g if ``maximize`` and θ ← θ(1 − γλ) if ``decays`` (``keep``: 1 − γλ).
+
+    The first lines of the rules with decoupled weight decay (Lion, LAMB,
+    Adafactor): ``param.mul_(1 - lr * weight_decay)``, written once.
+    """
+    g = load(grad, i)
+    if maximize:
+        g = -g
+    theta = load(param, i)
+    if decays:
+        theta = rounded(theta * keep, witness)
+    return g, theta
+
+
 # ----------------------------------------------------------------------------- Python side
 
 _PLAIN_TYPES = (Tensor, torch.nn.Parameter)

@@ -84,6 +84,7 @@ from ._launch import (
     bump_steps,
     column,
     columns,
+    decoupled_gradient,
     from_the_end,
     gather,
     helper,
@@ -303,12 +304,7 @@ def _update_square(i, args):
 @numba.njit(inline="always")
 def _move(param, grad, i, root, maximize, decays, keep, step, witness):
     """Element ``i`` of the step: θ ← θ(1 − γλ) − α/clip · u, with u = V̂^(-1/2)·g (``root`` is V̂^(-1/2))."""
-    g = load(grad, i)
-    if maximize:
-        g = -g
-    theta = load(param, i)
-    if decays:
-        theta = rounded(theta * keep, witness)
+    g, theta = decoupled_gradient(grad, param, i, maximize, decays, keep, witness)
     u = rounded(root * g, witness)
     store(param, i, theta + step * u)
 

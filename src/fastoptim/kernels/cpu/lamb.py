@@ -38,6 +38,7 @@ from ._launch import (
     add_scalar,
     column,
     columns,
+    decoupled_gradient,
     from_the_end,
     gather,
     kernel,
@@ -78,14 +79,8 @@ def _update(m, v, theta, e, lam, coupled, witness):
 def _moment_step(i, args):
     """Element ``i`` of pass 1: the moments stored, and ``(θ², u²)`` (the terms of the norms)."""
     param, grad, exp_avg, exp_avg_sq, maximize, decays, keep, b1, w1, b2, w2, e, lam, coupled, witness = args
-    # g ← −g if maximize
-    g = load(grad, i)
-    if maximize:
-        g = -g
-    # θ ← θ(1 − γλ), or θ(1 − λ) with fixed_decay
-    theta = load(param, i)
-    if decays:
-        theta = rounded(theta * keep, witness)
+    # g ← −g if maximize;  θ ← θ(1 − γλ), or θ(1 − λ) with fixed_decay
+    g, theta = decoupled_gradient(grad, param, i, maximize, decays, keep, witness)
     # m ← β₁m + β₃g;  v ← β₂v + (1 − β₂)g²
     m = rounded(rounded(load(exp_avg, i) * b1, witness) + w1 * g, witness)
     store(exp_avg, i, m)

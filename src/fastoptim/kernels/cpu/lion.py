@@ -18,6 +18,7 @@ from ._launch import (
     add_scalar,
     column,
     columns,
+    decoupled_gradient,
     gather,
     kernel,
     launch,
@@ -56,14 +57,8 @@ def _lion_kernel(table, hyper, witness, grain):
                 grad = column(table, t, GRAD, lo, n, witness)
                 exp_avg = column(table, t, EXP_AVG, lo, n, witness)
                 for i in range(n):
-                    # g ← −g if maximize
-                    g = load(grad, i)
-                    if maximize:
-                        g = -g
-                    # θ ← θ(1 − γλ)
-                    theta = load(param, i)
-                    if decays:
-                        theta = rounded(theta * keep, witness)
+                    # g ← −g if maximize;  θ ← θ(1 − γλ)
+                    g, theta = decoupled_gradient(grad, param, i, maximize, decays, keep, witness)
                     # c ← sign(β₁m + (1 − β₁)g);  θ ← θ − γc  (torch.sgn: NaN and ±0 give 0)
                     m = load(exp_avg, i)
                     u = rounded(rounded(m * b1, witness) + w1 * g, witness)
