@@ -1,7 +1,12 @@
-"""SparseAdam beyond optim_db: bit-exact runs on sparse gradients, the masked update, and the error paths.
+"""SparseAdam beyond optim_db: runs on sparse gradients, the masked update, and the error paths.
 
-Every comparison is against torch.optim.SparseAdam with ``rtol=atol=0`` on
-every element of parameters and state.
+Every comparison is against torch.optim.SparseAdam, element by element, on
+parameters and state, within :func:`ulps`: the kernel's square root is IEEE's,
+torch's is MKL's VML, which is not always correctly rounded and picks its code
+by CPU (see fastoptim/kernels/cpu/sparse_adam.py), so a parameter can differ by
+an ulp, and the runs below feed the parameters back into the gradients.  The
+reference rule alone, and copies of one optimizer, are compared with
+``rtol=atol=0``.
 """
 
 from __future__ import annotations
@@ -27,15 +32,26 @@ CONFIGS = [
 ]
 
 
+def ulps(dtype: torch.dtype) -> dict:
+    """fastoptim against torch: within 16 units of the last place of O(1) values (16 eps, relative and absolute).
+
+    The kernel and torch differ by an ulp where their square roots do; on
+    one AMD EPYC no run below showed it, on an Intel Xeon one did (float64,
+    one element, 2.8e-17).
+    """
+    eps = torch.finfo(dtype).eps
+    return dict(rtol=16 * eps, atol=16 * eps)
+
+
 def sparse_trial(kwargs, dtype, **options) -> Trial:
     problem = Problem.make(dtype, sparse=True, **options)
-    return Trial(fastoptim.SparseAdam, torch.optim.SparseAdam, kwargs, dtype, problem=problem, tol=EXACT)
+    return Trial(fastoptim.SparseAdam, torch.optim.SparseAdam, kwargs, dtype, problem=problem, tol=ulps(dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kwargs", CONFIGS, ids=str)
-def test_bitwise_equal_to_torch(kwargs, dtype):
-    """Two groups, a gradless step, closure steps: identical bits after each of 10 steps."""
+def test_steps_match_torch(kwargs, dtype):
+    """Two groups, a gradless step, closure steps: the same values after each of 10 steps."""
     sparse_trial(kwargs, dtype).run(steps=10)
 
 
@@ -66,7 +82,7 @@ def test_embedding_with_repeated_indices(kwargs, layout):
     batches = [torch.tensor([1, 3, 3, 7]), torch.tensor([0, 1, 1, 1]), torch.tensor([9]), torch.tensor([3, 5, 7, 9, 3])]
     ours = embedding_run(fastoptim.SparseAdam, weight, batches, **kwargs)
     theirs = embedding_run(torch.optim.SparseAdam, weight, batches, **kwargs)
-    assert_same_optimizer(ours, theirs, EXACT)
+    assert_same_optimizer(ours, theirs, ulps(weight.dtype))
     param = ours.param_groups[0]["params"][0]
     assert ours.state[param]["exp_avg"].stride() == param.stride()
     # Rows never looked up keep their initial value and zero moments.
@@ -99,7 +115,7 @@ def test_explicit_zero_entry_counts_as_present():
             p.grad = torch.sparse_coo_tensor(torch.tensor([[2]]), torch.tensor(values), (4, 2))
             opt.step()
         results.append(opt)
-    assert_same_optimizer(results[0], results[1], EXACT)
+    assert_same_optimizer(results[0], results[1], ulps(torch.float32))
     assert results[0].state[results[0].param_groups[0]["params"][0]]["exp_avg"][2].abs().min() > 0
 
 
@@ -113,7 +129,7 @@ def test_empty_gradient_only_advances_step():
         opt.step()
         opt.step()
         results.append(opt)
-    assert_same_optimizer(results[0], results[1], EXACT)
+    assert_same_optimizer(results[0], results[1], ulps(torch.float32))
     state = results[0].state[results[0].param_groups[0]["params"][0]]
     assert state["step"] == 2 and type(state["step"]) is int
     assert not state["exp_avg"].any() and not state["exp_avg_sq"].any()
@@ -131,7 +147,7 @@ def test_nonfinite_gradients_like_torch(special):
             p.grad = torch.sparse_coo_tensor(torch.tensor([[0, 3, 5]]), values, (6, 2))
             opt.step()
         results.append(opt)
-    assert_same_optimizer(results[0], results[1], EXACT)
+    assert_same_optimizer(results[0], results[1], ulps(torch.float32))
     assert not torch.isfinite(results[0].param_groups[0]["params"][0]).all()
 
 
@@ -242,7 +258,7 @@ def test_checkpoint_without_maximize_loads():
     trial.theirs.load_state_dict(old)
     for i in range(3, 6):
         trial.step(i)
-        assert_same_optimizer(trial.ours, trial.theirs, EXACT, f"step {i}")
+        assert_same_optimizer(trial.ours, trial.theirs, trial.tol, f"step {i}")
 
 
 @pytest.mark.parametrize("copier", [lambda o: pickle.loads(pickle.dumps(o)), copy.deepcopy], ids=["pickle", "deepcopy"])
