@@ -110,10 +110,40 @@ def two_loop_direction(
     return r
 
 
+#: the smallest flat vector whose passes run as the fused CPU kernels (:mod:`fastoptim.kernels.cpu.lbfgs`)
+#: by default; below it torch's ops, whose results are torch.optim's bit for bit, are fast anyway
+FUSED_MIN_NUMEL = 1 << 20
+
+
+def _flat_kernels(flat: Tensor, numel_at_least: int | None = None) -> Any | None:
+    """The fused kernel module for passes over ``flat``, or None where torch's ops run.
+
+    The kernels cover contiguous float32/float64 CPU vectors.  The
+    ``"reference"`` backend (and ``torch.compile``) never takes them; the
+    strict ``"numba"`` backend takes them whatever the size (tests use it),
+    ``"auto"`` from ``numel_at_least`` elements (default :data:`FUSED_MIN_NUMEL`).
+    """
+    from ..kernels.dispatch import requested_backend
+
+    backend = requested_backend()
+    if backend == "reference" or flat.device.type != "cpu" or flat.dtype not in (torch.float32, torch.float64):
+        return None
+    if backend == "auto" and flat.numel() < (FUSED_MIN_NUMEL if numel_at_least is None else numel_at_least):
+        return None
+    try:
+        from ..kernels.cpu import lbfgs as kernels
+    except ImportError:  # numba missing: torch's ops still work
+        return None
+    return kernels
+
+
 def _abs_max(x: Tensor) -> Tensor:
     """``x.abs().max()`` without the n-element ``abs`` temporary (the same value: a max is exact)."""
     if x.numel() == 0 or x.is_complex():
         return x.abs().max()  # torch's error / complex magnitudes
+    kernels = _flat_kernels(x, numel_at_least=1 << 16) if x.dim() == 1 and x.is_contiguous() else None
+    if kernels is not None:
+        return kernels.abs_max(x)  # the largest magnitude's bits, in one pass at memory speed
     # one read of x (vector_norm(x, inf) is ~10x slower on CPU); NaN propagates through both
     low, high = torch.aminmax(x)
     return torch.maximum(low.neg_(), high)
@@ -375,10 +405,14 @@ class LBFGS(Optimizer):
         computed into the spare pair; a pair that leaves a full history becomes
         the spare when this optimizer allocated it.
         """
-        y_buf, s_buf = self._pair_buffers()
-        y = torch.sub(flat_grad, prev_flat_grad, out=y_buf)
-        s = torch.mul(d, t, out=s_buf)
-        ys = y.dot(s)
+        y, s = self._pair_buffers()
+        kernels = _flat_kernels(flat_grad) if _fits(flat_grad, prev_flat_grad, d) else None
+        if kernels is None:
+            torch.sub(flat_grad, prev_flat_grad, out=y)
+            torch.mul(d, t, out=s)
+            ys, yy = y.dot(s), None
+        else:  # one pass; the float64 sums rounded to the vectors' dtype, as torch's dots return them
+            ys, yy = (torch.tensor(v, dtype=y.dtype) for v in kernels.new_pair(y, s, flat_grad, prev_flat_grad, d, t))
         if not ys > 1e-10:
             return H_diag  # the spare pair stays spare
         self._spare_pair = None
@@ -390,7 +424,16 @@ class LBFGS(Optimizer):
         old_dirs.append(y)
         old_stps.append(s)
         ro.append(1.0 / ys)
-        return ys / y.dot(y)
+        return ys / (y.dot(y) if yy is None else yy)
+
+    def _direction(self, flat_grad, old_dirs, old_stps, ro, H_diag, al) -> tuple[Tensor, Tensor | None]:
+        """``(d, gᵀd)``: the two-loop direction in the own buffer, and the slope where the fused passes computed it."""
+        out = self._direction_buffer().flat
+        kernels = _flat_kernels(flat_grad) if old_dirs and _fits(flat_grad, *old_dirs, *old_stps) else None
+        if kernels is None:
+            return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None
+        gtd = kernels.two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out)
+        return out, gtd
 
     # -------------------------------------------------- the step
     @torch.no_grad()
@@ -443,6 +486,7 @@ class LBFGS(Optimizer):
             state["n_iter"] += 1
 
             # ---- direction (into the own direction buffer: the old d is only needed for s)
+            gtd = None  # the slope gᵀd, when the fused two-loop computed it
             if state["n_iter"] == 1:
                 d = torch.neg(flat_grad, out=self._direction_buffer().flat)
                 old_dirs, old_stps, ro = [], [], []
@@ -454,9 +498,7 @@ class LBFGS(Optimizer):
                 )
                 if "al" not in state:
                     state["al"] = [None] * history_size
-                d = two_loop_direction(
-                    flat_grad, old_dirs, old_stps, ro, H_diag, state["al"], out=self._direction_buffer().flat
-                )
+                d, gtd = self._direction(flat_grad, old_dirs, old_stps, ro, H_diag, state["al"])
 
             # torch copies g into prev_flat_grad; the buffers swap roles instead
             # (the next gradient goes into the other one)
@@ -465,7 +507,8 @@ class LBFGS(Optimizer):
 
             # ---- step length
             t = min(1.0, 1.0 / flat_grad.abs().sum()) * lr if state["n_iter"] == 1 else lr
-            gtd = flat_grad.dot(d)
+            if gtd is None:
+                gtd = flat_grad.dot(d)
             if gtd > -tolerance_change:
                 break  # not a descent direction (to tolerance)
 
@@ -515,6 +558,13 @@ class LBFGS(Optimizer):
             prev_loss=prev_loss,
         )
         return orig_loss
+
+
+def _fits(flat: Tensor, *others: Tensor) -> bool:
+    """Whether ``others`` are contiguous vectors like ``flat`` (loaded state may not be), for the fused passes."""
+    return flat.is_contiguous() and all(
+        o.dtype == flat.dtype and o.shape == flat.shape and o.device == flat.device and o.is_contiguous() for o in others
+    )
 
 
 def _step_abs_max(d: Tensor, t):

@@ -1100,7 +1100,7 @@ def gather(
 
 
 _launch_lock = threading.Lock()
-_warm: set[tuple[int, torch.dtype]] = set()
+_warm: set[tuple] = set()
 
 
 #: a launch uses another thread only for this many more elements (~7 MB of
@@ -1135,6 +1135,42 @@ def _thread_setters() -> tuple[Callable[[int], Any], Callable[[int], int]]:
     return numba.set_num_threads, numba.set_parallel_chunksize
 
 
+@contextlib.contextmanager
+def _parallel(numel: int) -> Any:
+    """numba's threads set up for one launch over ``numel`` elements, and put back after it.
+
+    One launch at a time per process: numba's workqueue layer is not
+    thread-safe, and two launches would only fight over the same cores.
+    Yields the thread count.
+    """
+    wanted = torch.get_num_threads()
+    with _launch_lock:
+        threads = _threads(numel, wanted)
+        set_num_threads, set_chunksize = _thread_setters()
+        set_num_threads(threads)
+        # The kernels' loops are prange(thread_count()), one iteration per thread (they take their
+        # chunks from next_task): a chunk size of one keeps a caller's own setting from merging them.
+        previous_chunksize = set_chunksize(1)
+        try:
+            yield threads
+        finally:
+            set_chunksize(previous_chunksize)
+    if torch.get_num_threads() != wanted:
+        # numba's OpenMP pool is torch's libgomp: starting it resets the
+        # process-wide OpenMP thread count, which torch reports as its own.
+        torch.set_num_threads(wanted)
+
+
+def _call(kernel_fn: Any, key: tuple, *args: Any) -> Any:
+    """``kernel_fn(*args)``; its first call for ``key`` (a signature) under the compile lock."""
+    if key in _warm:
+        return kernel_fn(*args)
+    with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
+        result = kernel_fn(*args)
+    _warm.add(key)
+    return result
+
+
 def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
     """Run ``kernel_fn(table, hyper, witness, grain)`` over one batch, and bump the version counters.
 
@@ -1144,32 +1180,19 @@ def launch(kernel_fn: Any, batch: Batch, hyper: Sequence[float]) -> Any:
         return None
     table = batch.table()
     scalars = np.array(hyper, dtype=np.float64)
-    key = (id(kernel_fn), batch.dtype)
-    # One launch at a time per process: numba's workqueue layer is not
-    # thread-safe, and two launches would only fight over the same cores.
-    wanted = torch.get_num_threads()
     # Bumped before the launch, while the tensors are still in cache: the
     # kernel's own traffic evicts them (nothing reads the versions in between).
     torch._C._increment_version(batch.written)
-    with _launch_lock:
-        threads = _threads(batch.numel, wanted)
+    with _parallel(batch.numel) as threads:
         grain = _grain(batch.numel, threads)
-        set_num_threads, set_chunksize = _thread_setters()
-        set_num_threads(threads)
-        # The kernels' loops are prange(thread_count()), one iteration per thread (they take their
-        # chunks from next_task): a chunk size of one keeps a caller's own setting from merging them.
-        previous_chunksize = set_chunksize(1)
-        try:
-            if key in _warm:
-                result = kernel_fn(table, scalars, batch.witness, grain)
-            else:
-                with _cache.compile_lock(f"{kernel_fn.py_func.__module__}.{kernel_fn.py_func.__qualname__}"):
-                    result = kernel_fn(table, scalars, batch.witness, grain)
-                _warm.add(key)
-        finally:
-            set_chunksize(previous_chunksize)
-    if torch.get_num_threads() != wanted:
-        # numba's OpenMP pool is torch's libgomp: starting it resets the
-        # process-wide OpenMP thread count, which torch reports as its own.
-        torch.set_num_threads(wanted)
-    return result
+        return _call(kernel_fn, (id(kernel_fn), batch.dtype), table, scalars, batch.witness, grain)
+
+
+def launch_flat(kernel_fn: Any, numel: int, *arrays: np.ndarray) -> Any:
+    """Run ``kernel_fn(*arrays)`` -- a kernel over whole 1-D arrays, which cuts its own chunks -- on torch's threads.
+
+    The caller bumps the version counters of the tensors it writes.
+    """
+    key = (id(kernel_fn), *(a.dtype.str if isinstance(a, np.ndarray) else type(a).__name__ for a in arrays))
+    with _parallel(numel):
+        return _call(kernel_fn, key, *arrays)

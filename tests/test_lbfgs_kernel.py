@@ -1,0 +1,263 @@
+"""The fused L-BFGS passes (:mod:`fastoptim.kernels.cpu.lbfgs`) against torch's ops, and when they run.
+
+``abs_max`` and the element-wise halves of the passes (``y``, ``s``) are
+torch's bit for bit; the dot products are float64 sums in the kernel's own
+order, so the direction, the α's and the slope agree with the torch-op path
+to rounding.  Whole optimizer runs compare the strict kernel backend with the
+reference backend (torch's ops, torch.optim's bits) after every step.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import fastoptim
+from fastoptim.algorithms import lbfgs as lbfgs_module
+from fastoptim.algorithms.lbfgs import two_loop_direction
+from fastoptim.kernels.dispatch import use_backend
+
+kernels = pytest.importorskip("fastoptim.kernels.cpu.lbfgs")
+
+DTYPES = [torch.float32, torch.float64]
+CHUNK = kernels.CHUNK
+SIZES = [1, 7, CHUNK - 1, CHUNK + 5, 3 * CHUNK + 17]
+
+
+def tolerance(dtype):
+    """Room for the dot products' other summation order, amplified through the recursion."""
+    return {torch.float32: dict(rtol=2e-5, atol=2e-6), torch.float64: dict(rtol=1e-11, atol=1e-12)}[dtype]
+
+
+def _vectors(n, dtype, count, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(n, generator=gen, dtype=dtype) for _ in range(count)]
+
+
+def _history(n, dtype, count, seed=1):
+    """``count`` curvature pairs with yᵀs > 0, and their ρ = 1/yᵀs (torch's dtype flow)."""
+    dirs = _vectors(n, dtype, count, seed)
+    stps = [0.5 * y + 0.1 * noise for y, noise in zip(dirs, _vectors(n, dtype, count, seed + 1))]
+    ro = [1.0 / y.dot(s) for y, s in zip(dirs, stps)]
+    return dirs, stps, ro
+
+
+# ---------------------------------------------------------------- the passes
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("special", [None, float("nan"), float("inf"), -float("inf"), "zeros", "negative zeros"])
+def test_abs_max_is_torch_bit_for_bit(dtype, n, special):
+    (x,) = _vectors(n, dtype, 1)
+    if special == "zeros":
+        x.zero_()
+    elif special == "negative zeros":
+        x.zero_().neg_()
+    elif special is not None:
+        x[n // 2] = special
+    ours, theirs = kernels.abs_max(x), x.abs().max()
+    assert ours.dtype == theirs.dtype and ours.shape == theirs.shape == ()
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0, equal_nan=True)
+    if not theirs.isnan():  # a NaN's sign is not part of the result
+        assert torch.signbit(ours) == torch.signbit(theirs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+def test_new_pair_writes_torchs_y_and_s_and_sums_in_float64(dtype, n):
+    g, g_prev, d = _vectors(n, dtype, 3)
+    y, s = torch.full_like(g, float("nan")), torch.full_like(g, float("nan"))
+    versions = y._version, s._version
+    ys, yy = kernels.new_pair(y, s, g, g_prev, d, 0.37)
+    assert torch.equal(y, torch.sub(g, g_prev)) and torch.equal(s, torch.mul(d, 0.37))
+    assert y._version > versions[0] and s._version > versions[1]
+    exact = y.double(), s.double()
+    assert ys == pytest.approx(exact[0].dot(exact[1]).item(), rel=1e-12, abs=1e-12)
+    assert yy == pytest.approx(exact[0].dot(exact[0]).item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_two_loop_matches_the_torch_op_recursion(dtype, n, count):
+    (g,) = _vectors(n, dtype, 1, seed=7)
+    dirs, stps, ro = _history(n, dtype, count)
+    h = torch.tensor(0.7, dtype=dtype)
+    al_ref, al_ours = [None] * count, [None] * count
+    expected = two_loop_direction(g, dirs, stps, ro, h, al_ref)
+    out = torch.empty_like(g)
+    gtd = kernels.two_loop_direction(g, dirs, stps, ro, h, al_ours, out)
+    torch.testing.assert_close(out, expected, **tolerance(dtype))
+    for ours, theirs in zip(al_ours, al_ref):
+        assert ours.dtype == theirs.dtype and ours.shape == ()
+        torch.testing.assert_close(ours, theirs, **tolerance(dtype))
+    assert gtd.dtype == dtype and gtd.shape == ()
+    torch.testing.assert_close(gtd, g.dot(expected), **tolerance(dtype))
+
+
+def test_passes_give_the_same_bits_on_any_thread_count():
+    n, dtype = 5 * CHUNK + 3, torch.float32
+    (g,) = _vectors(n, dtype, 1, seed=3)
+    dirs, stps, ro = _history(n, dtype, 3)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torch.empty_like(g)
+            al = [None] * 3
+            gtd = kernels.two_loop_direction(g, dirs, stps, ro, torch.tensor(0.5), al, out)
+            sums = kernels.new_pair(torch.empty_like(g), torch.empty_like(g), g, dirs[0], stps[0], 0.25)
+            results.append((out, al, gtd, sums))
+    finally:
+        torch.set_num_threads(previous)
+    (out1, al1, gtd1, sums1), (out2, al2, gtd2, sums2) = results
+    assert torch.equal(out1, out2) and all(torch.equal(a, b) for a, b in zip(al1, al2))
+    assert torch.equal(gtd1, gtd2) and sums1 == sums2
+
+
+# ---------------------------------------------------------------- the optimizer
+
+
+def run_tolerance(dtype):
+    """Whole runs: L-BFGS amplifies a rounding difference for a few iterations (it shrinks as the run converges).
+
+    On these runs the float32 kernel and torch-op paths differed by up to 8e-5
+    on O(1) parameters, while either float32 run differed from the float64
+    run of the same problem by up to 0.26: the paths agree far better than
+    float32 L-BFGS agrees with the exact iteration.
+    """
+    return {torch.float32: dict(rtol=3e-4, atol=3e-4), torch.float64: dict(rtol=1e-9, atol=1e-10)}[dtype]
+
+
+def _objective(params):
+    """A smooth non-quadratic objective over every element (curvature differs per coordinate)."""
+    x = torch.cat([p.reshape(-1) for p in params])
+    scale = torch.linspace(0.5, 4.0, x.numel(), dtype=x.dtype)
+    return (scale * x**2).sum() + 0.1 * (x**4).sum() + torch.sin(x).sum()
+
+
+def _make_params(dtype, n):
+    gen = torch.Generator().manual_seed(11)
+    return [torch.randn(n // 2, generator=gen, dtype=dtype), torch.randn(3, n // 6, generator=gen, dtype=dtype), torch.randn((), generator=gen, dtype=dtype)]
+
+
+CONFIGS = [
+    {"lr": 0.5, "history_size": 3, "max_iter": 5},  # the history fills up and is shifted
+    {"line_search_fn": "strong_wolfe", "history_size": 4},
+    {"lr": torch.tensor(0.2), "max_iter": 4},
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kwargs", CONFIGS, ids=str)
+def test_kernel_path_follows_the_torch_op_path(kwargs, dtype):
+    """Steps under the strict kernel backend and under torch's ops: params and every state entry agree to rounding.
+
+    Four steps (up to 20 iterations each): the runs have converged by then,
+    and from there on a float32 stopping test (``|Δf| < tolerance_change``)
+    can fire one evaluation earlier on either path.
+    """
+    values = _make_params(dtype, 2 * CHUNK + 10)
+    runs = []
+    for backend in ("numba", "reference"):
+        params = [v.clone().requires_grad_() for v in values]
+        opt = fastoptim.LBFGS(params, **copy.deepcopy(kwargs))
+
+        def closure(opt=opt, params=params):
+            opt.zero_grad()
+            loss = _objective(params)
+            loss.backward()
+            return loss
+
+        runs.append((backend, opt, params, closure))
+    for step in range(4):
+        losses = []
+        for backend, opt, _, closure in runs:
+            with use_backend(backend):
+                losses.append(opt.step(closure))
+        torch.testing.assert_close(losses[0], losses[1], **run_tolerance(dtype), msg=lambda m: f"step {step} loss: {m}")
+        (_, ours, our_params, _), (_, theirs, their_params, _) = runs
+        for a, b in zip(our_params, their_params):
+            torch.testing.assert_close(a, b, **run_tolerance(dtype), msg=lambda m: f"step {step} param: {m}")
+        mine, other = ours.state[our_params[0]], theirs.state[their_params[0]]
+        assert list(mine) == list(other)
+        for key in mine:
+            torch.testing.assert_close(mine[key], other[key], **run_tolerance(dtype), msg=lambda m, key=key: f"step {step} {key}: {m}")
+
+
+def _counting_kernels(monkeypatch):
+    calls = {"new_pair": 0, "two_loop_direction": 0}
+    for name in calls:
+        original = getattr(kernels, name)
+
+        def counted(*args, name=name, original=original):
+            calls[name] += 1
+            return original(*args)
+
+        monkeypatch.setattr(kernels, name, counted)
+    return calls
+
+
+def _run(n, steps=3, **kwargs):
+    params = _make_params(torch.float32, n)
+    for p in params:
+        p.requires_grad_()
+    opt = fastoptim.LBFGS(params, lr=0.5, max_iter=4, **kwargs)
+
+    def closure():
+        opt.zero_grad()
+        loss = _objective(params)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        opt.step(closure)
+    return opt, params
+
+
+def test_auto_backend_fuses_from_FUSED_MIN_NUMEL_on(monkeypatch):
+    calls = _counting_kernels(monkeypatch)
+    _run(600)
+    assert calls == {"new_pair": 0, "two_loop_direction": 0}, "a small problem keeps torch's ops (torch.optim's bits)"
+    monkeypatch.setattr(lbfgs_module, "FUSED_MIN_NUMEL", 600)
+    _run(600)
+    assert calls["new_pair"] > 0 and calls["two_loop_direction"] > 0
+    with use_backend("reference"):
+        before = dict(calls)
+        _run(600)
+        assert calls == before, "the reference backend never fuses"
+
+
+def test_state_loaded_in_another_layout_takes_torchs_ops(monkeypatch):
+    """History tensors that are not contiguous vectors of the flat dtype (a foreign state_dict) are read by torch's ops."""
+    calls = _counting_kernels(monkeypatch)
+    monkeypatch.setattr(lbfgs_module, "FUSED_MIN_NUMEL", 0)
+    opt, start = _run(600, steps=2, history_size=5)
+    state = copy.deepcopy(opt.state_dict())
+    entry = state["state"][0]
+    entry["old_dirs"] = [torch.stack([y, y], 1)[:, 0] for y in entry["old_dirs"]]  # strided views
+    results = []
+    for backend in ("auto", "reference"):
+        params = [p.detach().clone().requires_grad_() for p in start]
+        opt = fastoptim.LBFGS(params, lr=0.5, max_iter=4, history_size=5)
+        opt.load_state_dict(copy.deepcopy(state))
+        assert not opt.state[params[0]]["old_dirs"][0].is_contiguous()
+
+        def closure(opt=opt, params=params):
+            opt.zero_grad()
+            loss = _objective(params)
+            loss.backward()
+            return loss
+
+        before = calls["two_loop_direction"]
+        with use_backend(backend):
+            opt.step(closure)
+        # the strided pairs stay in the history for the whole step (4 iterations, 5 pairs kept)
+        assert calls["two_loop_direction"] == before
+        results.append(params)
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, **run_tolerance(torch.float32))
