@@ -36,8 +36,8 @@ from ._launch import FASTMATH, kernel, launch_flat, next_task, scalar, task_coun
 #: elements per chunk of a pass: a thread's unit of work, and of the partial sums
 CHUNK = 1 << 16
 
-#: the dtypes the passes cover
-DTYPES = (torch.float32, torch.float64)
+#: a pass's loop over one chunk: a function of its own, compiled with the kernels' fast-math flags
+_chunk_loop = numba.njit(fastmath=set(FASTMATH), nogil=True, error_model="numpy")
 
 
 @numba.njit(inline="always")
@@ -85,6 +85,7 @@ def _abs_max_bits(bits, mask):
 
 def abs_max(x: Tensor) -> Tensor:
     """``x.abs().max()`` of a non-empty contiguous 1-D float32/float64 tensor, as a 0-dim tensor of its dtype."""
+    x = x.detach()
     if x.dtype == torch.float32:
         bits, mask, as_float = x.view(torch.int32), np.int32(0x7FFFFFFF), np.int32
     else:
@@ -96,7 +97,7 @@ def abs_max(x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- fused passes
 
 
-@numba.njit(fastmath=set(FASTMATH), nogil=True, error_model="numpy")
+@_chunk_loop
 def _pair_chunk(lo, hi, args):
     y, s, g, g_prev, d, t = args
     y, s, g, g_prev, d = y[lo:hi], s[lo:hi], g[lo:hi], g_prev[lo:hi], d[lo:hi]
@@ -111,7 +112,7 @@ def _pair_chunk(lo, hi, args):
     return ys, yy
 
 
-@numba.njit(fastmath=set(FASTMATH), nogil=True, error_model="numpy")
+@_chunk_loop
 def _negate_chunk(lo, hi, args):
     q, g, z = args
     q, g, z = q[lo:hi], g[lo:hi], z[lo:hi]
@@ -122,7 +123,7 @@ def _negate_chunk(lo, hi, args):
     return zq, 0.0
 
 
-@numba.njit(fastmath=set(FASTMATH), nogil=True, error_model="numpy")
+@_chunk_loop
 def _axpy_chunk(lo, hi, args):
     q, a, v, c, z = args
     q, v, z = q[lo:hi], v[lo:hi], z[lo:hi]
