@@ -69,11 +69,11 @@ def _magnitude_bits(bits, j, n, mask):
 
 
 @kernel
-def _abs_max_bits(bits, mask):
+def _abs_max_bits(bits, mask, partial):
     """The largest ``bits[i] & mask``: with the sign bit masked off, IEEE magnitudes order as integers, NaNs above inf."""
     n = bits.shape[0]
     count = (n + CHUNK - 1) // CHUNK
-    partial = np.empty(count, bits.dtype)
+    partial = partial[0, :count].view(bits.dtype)[:count]  # float64 scratch seen as integers
     tasks = task_counter()
     for _ in prange(thread_count()):
         j = next_task(tasks)
@@ -90,7 +90,7 @@ def abs_max(x: Tensor) -> Tensor:
         bits, mask, as_float = x.view(torch.int32), np.int32(0x7FFFFFFF), np.int32
     else:
         bits, mask, as_float = x.view(torch.int64), np.int64(0x7FFFFFFFFFFFFFFF), np.int64
-    top = launch_flat(_abs_max_bits, x.numel(), bits.numpy(), mask)
+    top = launch_flat(_abs_max_bits, x.numel(), bits.numpy(), mask, _partials(x.numel()))
     return torch.from_numpy(np.array([as_float(top)])).view(x.dtype).reshape(())
 
 
@@ -135,7 +135,7 @@ def _axpy_chunk(lo, hi, args):
 
 
 @numba.njit(inline="always")
-def _chunked_sums(chunk_sums, n, args):
+def _chunked_sums(chunk_sums, n, args, partial):
     """Both sums ``chunk_sums(lo, hi, args)`` returns, over the chunks of ``0 .. n-1`` on all threads, added in chunk order.
 
     ``chunk_sums`` is a separate (not inlined) function whose loop runs from
@@ -144,8 +144,7 @@ def _chunked_sums(chunk_sums, n, args):
     negative-index check in the loop, it ran 2-5x slower.)
     """
     count = (n + CHUNK - 1) // CHUNK
-    first = np.empty(count, np.float64)
-    second = np.empty(count, np.float64)
+    first, second = partial[0, :count], partial[1, :count]
     tasks = task_counter()
     for _ in prange(thread_count()):
         j = next_task(tasks)
@@ -157,18 +156,34 @@ def _chunked_sums(chunk_sums, n, args):
 
 
 @kernel
-def _pair_pass(y, s, g, g_prev, d, t):
-    return _chunked_sums(_pair_chunk, y.shape[0], (y, s, g, g_prev, d, scalar(t, y)))
+def _pair_pass(y, s, g, g_prev, d, t, partial):
+    return _chunked_sums(_pair_chunk, y.shape[0], (y, s, g, g_prev, d, scalar(t, y)), partial)
 
 
 @kernel
-def _negate_pass(q, g, z):
-    return _chunked_sums(_negate_chunk, q.shape[0], (q, g, z))[0]
+def _negate_pass(q, g, z, partial):
+    return _chunked_sums(_negate_chunk, q.shape[0], (q, g, z), partial)[0]
 
 
 @kernel
-def _axpy_pass(q, a, v, c, z):
-    return _chunked_sums(_axpy_chunk, q.shape[0], (q, scalar(a, q), v, scalar(c, q), z))[0]
+def _axpy_pass(q, a, v, c, z, partial):
+    return _chunked_sums(_axpy_chunk, q.shape[0], (q, scalar(a, q), v, scalar(c, q), z), partial)[0]
+
+
+_partial_sums: list[np.ndarray] = [np.empty((2, 0))]
+
+
+def _partials(n: int) -> np.ndarray:
+    """A ``(2, chunks)`` float64 scratch array for the per-chunk results of a pass over ``n`` elements.
+
+    Kept between passes (the largest so far), so that a step allocates
+    nothing: launches run one at a time (``launch_flat``'s lock), and each
+    pass has reduced its partial results before it returns.
+    """
+    count = (n + CHUNK - 1) // CHUNK
+    if _partial_sums[0].shape[1] < count:
+        _partial_sums[0] = np.empty((2, count))
+    return _partial_sums[0]
 
 
 def _array(t: Tensor) -> np.ndarray:
@@ -177,7 +192,7 @@ def _array(t: Tensor) -> np.ndarray:
 
 def new_pair(y: Tensor, s: Tensor, g: Tensor, g_prev: Tensor, d: Tensor, t: float) -> tuple[float, float]:
     """``y ← g − g_prev``, ``s ← t d`` (into ``y``, ``s``) and ``(yᵀs, yᵀy)`` in float64, in one pass."""
-    sums = launch_flat(_pair_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t))
+    sums = launch_flat(_pair_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t), _partials(y.numel()))
     torch._C._increment_version([y, s])
     return sums
 
@@ -206,19 +221,20 @@ def two_loop_direction(g: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor]
     q, grad = _array(out), _array(g)
     dirs, stps = [_array(y) for y in old_dirs], [_array(s) for s in old_stps]
     n = out.numel()
+    partial = _partials(n)
 
     def rounded(value: float) -> Tensor:
         return torch.tensor(value, dtype=dtype)
 
-    dot = launch_flat(_negate_pass, n, q, grad, stps[-1])
+    dot = launch_flat(_negate_pass, n, q, grad, stps[-1], partial)
     for i in range(count - 1, 0, -1):
         al[i] = rounded(dot) * ro[i]
-        dot = launch_flat(_axpy_pass, n, q, -float(al[i]), dirs[i], 1.0, stps[i - 1])
+        dot = launch_flat(_axpy_pass, n, q, -float(al[i]), dirs[i], 1.0, stps[i - 1], partial)
     al[0] = rounded(dot) * ro[0]
-    dot = launch_flat(_axpy_pass, n, q, -float(al[0]), dirs[0], float(H_diag), dirs[0])
+    dot = launch_flat(_axpy_pass, n, q, -float(al[0]), dirs[0], float(H_diag), dirs[0], partial)
     for i in range(count):
         be_i = rounded(dot) * ro[i]
         following = dirs[i + 1] if i + 1 < count else grad
-        dot = launch_flat(_axpy_pass, n, q, float(al[i] - be_i), stps[i], 1.0, following)
+        dot = launch_flat(_axpy_pass, n, q, float(al[i] - be_i), stps[i], 1.0, following, partial)
     torch._C._increment_version([out])
     return rounded(dot)
