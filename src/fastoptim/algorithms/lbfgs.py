@@ -65,6 +65,7 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -203,7 +204,7 @@ class LBFGS(Optimizer):
     """
 
     #: attributes holding the reusable buffers: rebuilt, not copied, by pickle / deepcopy
-    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned")
+    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_gram_gradient")
 
     def __init__(
         self,
@@ -244,6 +245,10 @@ class LBFGS(Optimizer):
         self._spare_pair: tuple[Tensor, Tensor] | None = None  # (y, s) buffers for the next pair
         # id -> tensor of the history tensors this optimizer allocated (kept alive, so ids stay unique)
         self._owned: dict[int, Tensor] = {}
+        # the fused path's dot products among the stored pairs (kernels.cpu.lbfgs.PairGram), and
+        # (gradient, its dots with the pairs) from the pass that formed the latest pair
+        self._gram = None
+        self._gram_gradient: tuple = (None, None, None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -415,29 +420,53 @@ class LBFGS(Optimizer):
         """
         y, s = self._pair_buffers()
         kernels = _flat_kernels(flat_grad) if _fits(flat_grad, prev_flat_grad, d) else None
+        gram = None
         if kernels is None:
             torch.sub(flat_grad, prev_flat_grad, out=y)
             torch.mul(d, t, out=s)
             ys, yy = y.dot(s), None
-        else:  # one pass; the float64 sums rounded to the vectors' dtype, as torch's dots return them
+        elif _fits(flat_grad, *old_dirs, *old_stps):
+            # one pass that also takes every dot product the direction needs; the
+            # float64 sums rounded to the vectors' dtype, as torch's dots return them
+            gram = self._gram if self._gram is not None and self._gram.follows(old_dirs, old_stps) else None
+            gram = gram or kernels.PairGram(old_dirs, old_stps)
+            sums = kernels.pair_with_dots(y, s, flat_grad, prev_flat_grad, d, t, old_dirs, old_stps)
+            ys, yy = (torch.tensor(v, dtype=y.dtype) for v in sums[:2])
+        else:
             ys, yy = (torch.tensor(v, dtype=y.dtype) for v in kernels.new_pair(y, s, flat_grad, prev_flat_grad, d, t))
-        if not ys > 1e-10:
+        kept, dropped = bool(ys > 1e-10), False
+        if kept:
+            self._spare_pair = None
+            if len(old_dirs) == history_size:
+                y_old, s_old = old_dirs.pop(0), old_stps.pop(0)
+                ro.pop(0)
+                dropped = True
+                if self._is_owned(y_old) and self._is_owned(s_old) and y_old is not s_old:
+                    self._spare_pair = (y_old, s_old)
+            old_dirs.append(y)
+            old_stps.append(s)
+            ro.append(1.0 / ys)
+        self._gram = gram
+        if gram is not None:
+            ys64, yy64, g_s, g_y, dots = sums
+            gram.update(dots, ys64, yy64, kept, dropped, old_dirs, old_stps)
+            g_s, g_y = (np.append(column, new) if kept else column for column, new in ((dots[:, 3], g_s), (dots[:, 4], g_y)))
+            self._gram_gradient = (flat_grad, g_s[1:] if dropped else g_s, g_y[1:] if dropped else g_y)
+        if not kept:
             return H_diag  # the spare pair stays spare
-        self._spare_pair = None
-        if len(old_dirs) == history_size:
-            y_old, s_old = old_dirs.pop(0), old_stps.pop(0)
-            ro.pop(0)
-            if self._is_owned(y_old) and self._is_owned(s_old) and y_old is not s_old:
-                self._spare_pair = (y_old, s_old)
-        old_dirs.append(y)
-        old_stps.append(s)
-        ro.append(1.0 / ys)
         return ys / (y.dot(y) if yy is None else yy)
 
     def _direction(self, flat_grad, old_dirs, old_stps, ro, H_diag, al) -> tuple[Tensor, Tensor | None]:
         """``(d, gᵀd)``: the two-loop direction in the own buffer, and the slope where the fused passes computed it."""
         out = self._direction_buffer().flat
         kernels = _flat_kernels(flat_grad) if old_dirs and _fits(flat_grad, *old_dirs, *old_stps) else None
+        gram = self._gram
+        if kernels is not None and gram is not None and self._gram_gradient[0] is flat_grad and gram.follows(old_dirs, old_stps) and gram.complete():
+            # the recursion on the dot products the pair's pass took, then one pass over the pairs
+            _, g_s, g_y = self._gram_gradient
+            a, b = gram.coefficients(g_s, g_y, ro, H_diag, al, flat_grad.dtype)
+            gtd = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
+            return out, torch.tensor(gtd, dtype=flat_grad.dtype)
         if kernels is None:
             return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None
         gtd = kernels.two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out)

@@ -31,7 +31,7 @@ import torch
 from numba import prange
 from torch import Tensor
 
-from ._launch import FASTMATH, kernel, launch_flat, next_task, scalar, task_counter, thread_count
+from ._launch import FASTMATH, column, kernel, launch_flat, next_task, scalar, task_counter, thread_count
 
 #: elements per chunk of a pass: a thread's unit of work, and of the partial sums
 CHUNK = 1 << 16
@@ -44,14 +44,6 @@ _chunk_loop = numba.njit(fastmath=set(FASTMATH), nogil=True, error_model="numpy"
 def _chunk_bounds(j, n):
     lo = j * CHUNK
     return lo, min(n, lo + CHUNK)
-
-
-@numba.njit(inline="always")
-def _in_order(partial):
-    total = 0.0
-    for j in range(partial.shape[0]):
-        total += partial[j]
-    return total
 
 
 # ----------------------------------------------------------------------------- max |x|
@@ -73,7 +65,7 @@ def _abs_max_bits(bits, mask, partial):
     """The largest ``bits[i] & mask``: with the sign bit masked off, IEEE magnitudes order as integers, NaNs above inf."""
     n = bits.shape[0]
     count = (n + CHUNK - 1) // CHUNK
-    partial = partial[0, :count].view(bits.dtype)[:count]  # float64 scratch seen as integers
+    partial = partial.view(bits.dtype)[:count]  # float64 scratch seen as integers
     tasks = task_counter()
     for _ in prange(thread_count()):
         j = next_task(tasks)
@@ -90,7 +82,7 @@ def abs_max(x: Tensor) -> Tensor:
         bits, mask, as_float = x.view(torch.int32), np.int32(0x7FFFFFFF), np.int32
     else:
         bits, mask, as_float = x.view(torch.int64), np.int64(0x7FFFFFFFFFFFFFFF), np.int64
-    top = launch_flat(_abs_max_bits, x.numel(), bits.numpy(), mask, _partials(x.numel()))
+    top = launch_flat(_abs_max_bits, x.numel(), bits.numpy(), mask, _partials(x.numel())[:, 0])
     return torch.from_numpy(np.array([as_float(top)])).view(x.dtype).reshape(())
 
 
@@ -98,7 +90,7 @@ def abs_max(x: Tensor) -> Tensor:
 
 
 @_chunk_loop
-def _pair_chunk(lo, hi, args):
+def _pair_chunk(lo, hi, args, sums):
     y, s, g, g_prev, d, t = args
     y, s, g, g_prev, d = y[lo:hi], s[lo:hi], g[lo:hi], g_prev[lo:hi], d[lo:hi]
     ys = 0.0
@@ -109,50 +101,115 @@ def _pair_chunk(lo, hi, args):
         yi = np.float64(y[i])
         ys += yi * np.float64(s[i])
         yy += yi * yi
-    return ys, yy
+    sums[0] = ys
+    sums[1] = yy
 
 
 @_chunk_loop
-def _negate_chunk(lo, hi, args):
+def _negate_chunk(lo, hi, args, sums):
     q, g, z = args
     q, g, z = q[lo:hi], g[lo:hi], z[lo:hi]
     zq = 0.0
     for i in range(q.shape[0]):
         q[i] = -g[i]
         zq += np.float64(z[i]) * np.float64(q[i])
-    return zq, 0.0
+    sums[0] = zq
 
 
 @_chunk_loop
-def _axpy_chunk(lo, hi, args):
+def _axpy_chunk(lo, hi, args, sums):
     q, a, v, c, z = args
     q, v, z = q[lo:hi], v[lo:hi], z[lo:hi]
     zq = 0.0
     for i in range(q.shape[0]):
         q[i] = (q[i] + a * v[i]) * c
         zq += np.float64(z[i]) * np.float64(q[i])
-    return zq, 0.0
+    sums[0] = zq
+
+
+@_chunk_loop
+def _pair_dots_chunk(lo, hi, args, sums):
+    """:func:`_pair_chunk`, then gᵀs, gᵀy and, per stored pair j, s_newᵀy_j, y_newᵀs_j, y_newᵀy_j, gᵀs_j, gᵀy_j.
+
+    The new ``y``, ``s`` and ``g`` of the chunk stay in cache while each
+    stored pair's chunk streams past once.
+    """
+    y, s, g, g_prev, d, t, old = args
+    _pair_chunk(lo, hi, (y, s, g, g_prev, d, t), sums)
+    y, s, g = y[lo:hi], s[lo:hi], g[lo:hi]
+    gs = 0.0
+    gy = 0.0
+    for i in range(g.shape[0]):
+        gi = np.float64(g[i])
+        gs += gi * np.float64(s[i])
+        gy += gi * np.float64(y[i])
+    sums[2] = gs
+    sums[3] = gy
+    n = hi - lo
+    for j in range(old.shape[1]):
+        y_j, s_j = column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g)
+        sy = 0.0
+        ys = 0.0
+        yy = 0.0
+        g_s = 0.0
+        g_y = 0.0
+        for i in range(n):
+            yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
+            yj, sj = np.float64(y_j[i]), np.float64(s_j[i])
+            sy += si * yj
+            ys += yi * sj
+            yy += yi * yj
+            g_s += gi * sj
+            g_y += gi * yj
+        sums[4 + 5 * j] = sy
+        sums[5 + 5 * j] = ys
+        sums[6 + 5 * j] = yy
+        sums[7 + 5 * j] = g_s
+        sums[8 + 5 * j] = g_y
+
+
+@_chunk_loop
+def _combine_chunk(lo, hi, args, sums):
+    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its gᵀout."""
+    out, g, old, a, b, minus_h = args
+    out, g = out[lo:hi], g[lo:hi]
+    n = hi - lo
+    for i in range(n):
+        out[i] = minus_h * g[i]
+    for j in range(old.shape[1]):
+        y_j, s_j = column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g)
+        a_j, b_j = a[j], b[j]
+        for i in range(n):
+            out[i] = out[i] + a_j * y_j[i] + b_j * s_j[i]
+    gd = 0.0
+    for i in range(n):
+        gd += np.float64(g[i]) * np.float64(out[i])
+    sums[0] = gd
 
 
 @numba.njit(inline="always")
 def _chunked_sums(chunk_sums, n, args, partial):
-    """Both sums ``chunk_sums(lo, hi, args)`` returns, over the chunks of ``0 .. n-1`` on all threads, added in chunk order.
+    """The sums ``chunk_sums(lo, hi, args, row)`` writes into ``row``, over the chunks of ``0 .. n-1`` on all threads, added in chunk order.
 
-    ``chunk_sums`` is a separate (not inlined) function whose loop runs from
-    0 over ``array[lo:hi]`` slices: so LLVM vectorizes it.  (Inlined into the
+    ``chunk_sums`` is a separate (not inlined) function whose loops run from
+    0 over ``array[lo:hi]`` slices: so LLVM vectorizes them.  (Inlined into the
     parallel loop, or indexing ``array[lo + i]``, which keeps numba's
-    negative-index check in the loop, it ran 2-5x slower.)
+    negative-index check in the loop, they ran 2-5x slower.)  ``partial`` is
+    scratch with a row per chunk.
     """
     count = (n + CHUNK - 1) // CHUNK
-    first, second = partial[0, :count], partial[1, :count]
     tasks = task_counter()
     for _ in prange(thread_count()):
         j = next_task(tasks)
         while j < count:
             lo, hi = _chunk_bounds(j, n)
-            first[j], second[j] = chunk_sums(lo, hi, args)
+            chunk_sums(lo, hi, args, partial[j])
             j = next_task(tasks)
-    return _in_order(first), _in_order(second)
+    totals = np.zeros(partial.shape[1])
+    for j in range(count):
+        for w in range(partial.shape[1]):
+            totals[w] += partial[j, w]
+    return totals
 
 
 @kernel
@@ -170,20 +227,30 @@ def _axpy_pass(q, a, v, c, z, partial):
     return _chunked_sums(_axpy_chunk, q.shape[0], (q, scalar(a, q), v, scalar(c, q), z), partial)[0]
 
 
-_partial_sums: list[np.ndarray] = [np.empty((2, 0))]
+@kernel
+def _pair_dots_pass(y, s, g, g_prev, d, t, old, partial):
+    return _chunked_sums(_pair_dots_chunk, y.shape[0], (y, s, g, g_prev, d, scalar(t, y), old), partial)
 
 
-def _partials(n: int) -> np.ndarray:
-    """A ``(2, chunks)`` float64 scratch array for the per-chunk results of a pass over ``n`` elements.
+@kernel
+def _combine_pass(out, g, old, a, b, minus_h, partial):
+    return _chunked_sums(_combine_chunk, out.shape[0], (out, g, old, a, b, scalar(minus_h, out)), partial)[0]
 
-    Kept between passes (the largest so far), so that a step allocates
-    nothing: launches run one at a time (``launch_flat``'s lock), and each
-    pass has reduced its partial results before it returns.
+
+_scratch: list[np.ndarray] = [np.empty(0)]
+
+
+def _partials(n: int, width: int = 1) -> np.ndarray:
+    """A ``(chunks, width)`` float64 scratch array for the per-chunk sums of a pass over ``n`` elements.
+
+    Its memory is kept between passes (the largest so far), so that a step
+    allocates nothing of size n: launches run one at a time
+    (``launch_flat``'s lock), and each pass adds up its rows before it returns.
     """
-    count = (n + CHUNK - 1) // CHUNK
-    if _partial_sums[0].shape[1] < count:
-        _partial_sums[0] = np.empty((2, count))
-    return _partial_sums[0]
+    size = (n + CHUNK - 1) // CHUNK * width
+    if _scratch[0].size < size:
+        _scratch[0] = np.empty(size)
+    return _scratch[0][:size].reshape(-1, width)
 
 
 def _array(t: Tensor) -> np.ndarray:
@@ -192,9 +259,9 @@ def _array(t: Tensor) -> np.ndarray:
 
 def new_pair(y: Tensor, s: Tensor, g: Tensor, g_prev: Tensor, d: Tensor, t: float) -> tuple[float, float]:
     """``y ← g − g_prev``, ``s ← t d`` (into ``y``, ``s``) and ``(yᵀs, yᵀy)`` in float64, in one pass."""
-    sums = launch_flat(_pair_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t), _partials(y.numel()))
+    ys, yy = launch_flat(_pair_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t), _partials(y.numel(), 2))
     torch._C._increment_version([y, s])
-    return sums
+    return ys, yy
 
 
 def two_loop_direction(g: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor], ro: list[Tensor], H_diag, al: list, out: Tensor) -> Tensor:
@@ -238,3 +305,111 @@ def two_loop_direction(g: Tensor, old_dirs: list[Tensor], old_stps: list[Tensor]
         dot = launch_flat(_axpy_pass, n, q, float(al[i] - be_i), stps[i], 1.0, following, partial)
     torch._C._increment_version([out])
     return rounded(dot)
+
+
+# ----------------------------------------------------------------------------- the direction from dot products
+
+
+def _addresses(old_dirs: list[Tensor], old_stps: list[Tensor]) -> np.ndarray:
+    """The ``(2, k)`` table of the stored pairs' addresses (row 0: y, row 1: s) that the passes read them through."""
+    return np.array([[y.data_ptr() for y in old_dirs], [s.data_ptr() for s in old_stps]], dtype=np.int64).reshape(2, len(old_dirs))
+
+
+def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, float, float, float, np.ndarray]:
+    """:func:`new_pair` and, in the same pass, every dot product the next direction needs.
+
+    Returns ``(yᵀs, yᵀy, gᵀs, gᵀy, dots)``, ``dots[j]`` being
+    ``(sᵀy_j, yᵀs_j, yᵀy_j, gᵀs_j, gᵀy_j)`` for the stored pair j (float64).
+    """
+    k = len(old_dirs)
+    sums = launch_flat(
+        _pair_dots_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t),
+        _addresses(old_dirs, old_stps), _partials(y.numel(), 4 + 5 * k),
+    )
+    torch._C._increment_version([y, s])
+    return sums[0], sums[1], sums[2], sums[3], sums[4:].reshape(k, 5)
+
+
+def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> float:
+    """``out ← −h g + Σ_j (a_j y_j + b_j s_j)`` (coefficients in ``out``'s dtype) in one pass; returns ``gᵀout``."""
+    dtype = _array(out).dtype
+    gd = launch_flat(
+        _combine_pass, out.numel(), _array(out), _array(g), _addresses(old_dirs, old_stps), a.astype(dtype), b.astype(dtype),
+        -float(h), _partials(out.numel()),
+    )
+    torch._C._increment_version([out])
+    return gd
+
+
+class PairGram:
+    """The stored pairs' dot products ``S_ij = s_iᵀy_j`` and ``Y_ij = y_iᵀy_j``, kept as pairs come and go.
+
+    With them and the gradient's ``gᵀs_j``, ``gᵀy_j``, the two-loop
+    recursion becomes a recursion on k numbers (:meth:`coefficients`) and the
+    direction one pass over the pairs (:func:`combine`) -- instead of 2k + 1
+    passes.  Each new pair's row comes from the pass that forms it
+    (:func:`pair_with_dots`).  Entries not known yet (a history loaded from a
+    state_dict) are NaN until those pairs have left the history.
+    """
+
+    def __init__(self, old_dirs, old_stps) -> None:
+        self.keys = self._keys(old_dirs, old_stps)
+        k = len(old_dirs)
+        self.S = np.full((k, k), np.nan)
+        self.Y = np.full((k, k), np.nan)
+
+    @staticmethod
+    def _keys(old_dirs, old_stps) -> list:
+        return [(id(y), y._version, id(s), s._version) for y, s in zip(old_dirs, old_stps)]
+
+    def follows(self, old_dirs, old_stps) -> bool:
+        """Whether this is the Gram of exactly these pairs, unchanged since."""
+        return self.keys == self._keys(old_dirs, old_stps)
+
+    def update(self, dots: np.ndarray, ys: float, yy: float, kept: bool, dropped: bool, old_dirs, old_stps) -> None:
+        """Take in the new pair's row (``dots`` from :func:`pair_with_dots`) if it was ``kept``, less the oldest if ``dropped``."""
+        if kept:
+            k = self.S.shape[0]
+            S = np.empty((k + 1, k + 1))
+            Y = np.empty((k + 1, k + 1))
+            S[:k, :k], Y[:k, :k] = self.S, self.Y
+            S[k, :k], S[:k, k], S[k, k] = dots[:, 0], dots[:, 1], ys
+            Y[k, :k] = Y[:k, k] = dots[:, 2]
+            Y[k, k] = yy
+            if dropped:
+                S, Y = S[1:, 1:], Y[1:, 1:]
+            self.S, self.Y = S, Y
+        self.keys = self._keys(old_dirs, old_stps)
+
+    def complete(self) -> bool:
+        return not (np.isnan(self.S).any() or np.isnan(self.Y).any())
+
+    def coefficients(self, g_s: np.ndarray, g_y: np.ndarray, ro: list[Tensor], h, al: list, dtype) -> tuple[np.ndarray, np.ndarray]:
+        r"""The two-loop recursion on the dot products; returns ``(a, b)`` with ``d = −h g + Σ a_j y_j + b_j s_j``.
+
+        With :math:`q_k = -g`, :math:`q_i = q_{i+1} - \alpha_i y_i` and
+        :math:`r_0 = h q_0`, :math:`r_{i+1} = r_i + (\alpha_i - \beta_i) s_i`:
+
+        .. math::
+
+            s_i^\top q_{i+1} &= -g^\top s_i - \textstyle\sum_{j>i} \alpha_j\, s_i^\top y_j \\
+            y_i^\top r_i &= h\,(-g^\top y_i - \textstyle\sum_j \alpha_j\, y_i^\top y_j)
+                + \textstyle\sum_{j<i} (\alpha_j - \beta_j)\, s_j^\top y_i
+
+        and :math:`\alpha_i = \rho_i\, s_i^\top q_{i+1}`, :math:`\beta_i = \rho_i\, y_i^\top r_i`,
+        each dot rounded to the vectors' dtype and multiplied by ρ as torch
+        does (``al`` gets the α's as 0-dim tensors).  Then ``a_j = −h α_j``,
+        ``b_j = α_j − β_j``.
+        """
+        k = len(g_s)
+        h = float(h)
+        alpha = np.zeros(k)
+        for i in range(k - 1, -1, -1):
+            al[i] = torch.tensor(-g_s[i] - alpha[i + 1 :] @ self.S[i, i + 1 :], dtype=dtype) * ro[i]
+            alpha[i] = float(al[i])
+        y_r = h * (-g_y - self.Y @ alpha)
+        b = np.empty(k)
+        for i in range(k):
+            be_i = torch.tensor(y_r[i] + b[:i] @ self.S[:i, i], dtype=dtype) * ro[i]
+            b[i] = float(al[i] - be_i)
+        return -h * alpha, b
