@@ -3,24 +3,30 @@
 torch.optim.LBFGS runs every dot product and every ``add_`` of an iteration as
 its own pass over n elements: the two-loop recursion alone makes 10m + 4
 passes for m stored pairs, the new pair 8, and its ``abs().max()`` tests run
-at a third of the memory's speed.  Here each pass does what can be done
-before the next reduction must finish:
+at a third of the memory's speed.  Here:
 
 * :func:`abs_max` -- ``max|x|`` as the largest magnitude bit pattern (an
   integer max: exact, NaN wins as in torch, one read at memory speed);
-* :func:`new_pair` -- ``y = g − g_prev``, ``s = t d`` and the sums ``yᵀs``,
-  ``yᵀy`` in one pass (5 vectors instead of 8);
-* :func:`two_loop_direction` -- the recursion in 2m + 1 passes, each
-  ``q ← c (q + a v)`` fused with the dot product the next coefficient
-  needs, the last one with ``gᵀd`` (8m + 2 vectors instead of 10m + 6).
+* :func:`pair_with_dots` -- ``y = g − g_prev``, ``s = t d``, ``yᵀs``, ``yᵀy``
+  and every dot product of ``y``, ``s`` and ``g`` with the stored pairs, in
+  one pass (:class:`PairGram` keeps the pairs' products with each other);
+* :class:`PairGram`'s :meth:`~PairGram.coefficients` -- the two-loop
+  recursion on those k² + 2k numbers, and :func:`combine` -- the direction
+  ``−h g + Σ (a_j y_j + b_j s_j)`` and ``gᵀd`` in one more pass.  Two passes
+  an iteration, 4m + 7 vectors, where torch's ops make 4m + 7 passes and
+  10m + 14 vectors;
+* :func:`new_pair` and :func:`two_loop_direction` -- the same without the
+  products among the pairs, for a history that came from a state_dict
+  (the recursion in 2m + 1 passes, each ``q ← c (q + a v)`` fused with the
+  dot product the next coefficient needs).
 
-The dot products are summed in float64 (four running sums per chunk, chunks
-added in order) rather than in torch's order and precision, so the results
-agree with the torch-op path to rounding, like the norms of LAMB and LARS.
-They do not depend on the thread count: the chunks are fixed at
-:data:`CHUNK` elements.  The scalars that come out (``ρ``, ``α``, ``β``,
-``H_diag``, ``gᵀd``) are rounded to the vectors' dtype and combined as
-torch combines them, so the state holds what torch's would, to rounding.
+The dot products are float64 sums over fixed chunks of :data:`CHUNK`
+elements, added in chunk order, rather than torch's order and precision: the
+results agree with the torch-op path to rounding, like the norms of LAMB and
+LARS, and do not depend on the thread count.  The scalars that come out
+(``ρ``, ``α``, ``β``, ``H_diag``, ``gᵀd``) are rounded to the vectors' dtype
+and combined as torch combines them, so the state holds what torch's would,
+to rounding.
 """
 
 from __future__ import annotations
