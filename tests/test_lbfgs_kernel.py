@@ -128,11 +128,16 @@ def test_gram_direction_matches_the_torch_op_recursion(dtype, n, count):
     expected = two_loop_direction(g, dirs, stps, ro, h, al_ref)
     a, b = gram.coefficients(np.append(dots[:, 3], g_s), np.append(dots[:, 4], g_y), ro, h, al_ours, dtype)
     out = torch.empty_like(g)
-    gtd = kernels.combine(out, g, dirs, stps, a, b, h)
+    gtd, top = kernels.combine(out, g, dirs, stps, a, b, h)
     torch.testing.assert_close(out, expected, **tolerance(dtype))
     for ours, theirs in zip(al_ours, al_ref):
         torch.testing.assert_close(ours, theirs, **tolerance(dtype))
     assert gtd == pytest.approx(g.double().dot(out.double()).item(), rel=1e-9)
+    assert top == out.abs().max().item()  # exact
+    for special in (float("inf"), float("nan")):
+        g[n // 2] = special
+        top = kernels.combine(out, g, dirs, stps, a, b, h)[1]
+        assert top == out.abs().max().item() or (np.isnan(top) and out.isnan().any())
 
 
 def test_passes_give_the_same_bits_on_any_thread_count():

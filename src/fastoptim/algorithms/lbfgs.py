@@ -204,7 +204,7 @@ class LBFGS(Optimizer):
     """
 
     #: attributes holding the reusable buffers: rebuilt, not copied, by pickle / deepcopy
-    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_gram_gradient")
+    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_gram_gradient", "_direction_abs_max")
 
     def __init__(
         self,
@@ -249,6 +249,8 @@ class LBFGS(Optimizer):
         # (gradient, its dots with the pairs) from the pass that formed the latest pair
         self._gram = None
         self._gram_gradient: tuple = (None, None, None)
+        # (direction, its version, max|direction|) when the pass that wrote it also took the max
+        self._direction_abs_max: tuple = (None, None, None)
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -465,12 +467,20 @@ class LBFGS(Optimizer):
             # the recursion on the dot products the pair's pass took, then one pass over the pairs
             _, g_s, g_y = self._gram_gradient
             a, b = gram.coefficients(g_s, g_y, ro, H_diag, al, flat_grad.dtype)
-            gtd = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
+            gtd, top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
+            self._direction_abs_max = (out, out._version, top)
             return out, torch.tensor(gtd, dtype=flat_grad.dtype)
         if kernels is None:
             return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None
         gtd = kernels.two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out)
         return out, gtd
+
+    def _known_abs_max(self, d: Tensor) -> Tensor | None:
+        """max|d| as a 0-dim tensor, if the pass that wrote ``d`` took it and ``d`` has not changed since."""
+        direction, version, top = self._direction_abs_max
+        if direction is d and version == d._version:
+            return torch.tensor(top, dtype=d.dtype)
+        return None
 
     # -------------------------------------------------- the step
     @torch.no_grad()
@@ -579,7 +589,7 @@ class LBFGS(Optimizer):
             # ---- stopping tests
             if n_iter == max_iter or current_evals >= max_eval or opt_cond:
                 break
-            if _step_abs_max(d, t) <= tolerance_change:
+            if _step_abs_max(d, t, self._known_abs_max(d)) <= tolerance_change:
                 break  # the step no longer moves the parameters
             if abs(loss - prev_loss) < tolerance_change:
                 break  # the loss no longer changes
@@ -604,15 +614,15 @@ def _fits(flat: Tensor, *others: Tensor) -> bool:
     )
 
 
-def _step_abs_max(d: Tensor, t):
+def _step_abs_max(d: Tensor, t, abs_max: Tensor | None = None):
     """``d.mul(t).abs().max()`` as ``|t · max|d||``, without two n-element temporaries.
 
     Rounding is monotone, so ``max_i |fl(t d_i)| = |fl(t max_i |d_i|)|`` when both
     are computed in the same dtype; NaN/inf cases compare the same way against
     the tolerance (both sides are NaN or ±inf).  A tensor ``t`` of another
     dtype would change the product's dtype on a 0-dim tensor: then torch's
-    expression is used.
+    expression is used.  ``abs_max``: max|d| when the pass that wrote d took it.
     """
     if isinstance(t, Tensor) and (t.dtype != d.dtype or t.dim() != 0):
         return d.mul(t).abs().max()
-    return _abs_max(d).mul(t).abs()
+    return (_abs_max(d) if abs_max is None else abs_max).mul(t).abs()

@@ -12,7 +12,7 @@ at a third of the memory's speed.  Here:
   one pass (:class:`PairGram` keeps the pairs' products with each other);
 * :class:`PairGram`'s :meth:`~PairGram.coefficients` -- the two-loop
   recursion on those k² + 2k numbers, and :func:`combine` -- the direction
-  ``−h g + Σ (a_j y_j + b_j s_j)`` and ``gᵀd`` in one more pass.  Two passes
+  ``−h g + Σ (a_j y_j + b_j s_j)``, ``gᵀd`` and ``max|d|`` in one more pass.  Two passes
   an iteration, 4m + 7 vectors, where torch's ops make 4m + 7 passes and
   10m + 14 vectors;
 * :func:`new_pair` and :func:`two_loop_direction` -- the same without the
@@ -34,7 +34,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 import torch
-from numba import prange
+from llvmlite import ir as llvm_ir
+from numba import prange, types
+from numba.extending import intrinsic
 from torch import Tensor
 
 from ._launch import FASTMATH, column, kernel, launch_flat, next_task, scalar, task_counter, thread_count
@@ -56,14 +58,38 @@ def _chunk_bounds(j, n):
 
 
 @numba.njit(inline="always")
-def _magnitude_bits(bits, j, n, mask):
-    lo, hi = _chunk_bounds(j, n)
-    bits = bits[lo:hi]  # a loop from 0: see _chunked_sums
+def _largest_magnitude_bits(bits, mask):
+    """The largest ``bits[i] & mask`` (an integer max: LLVM vectorizes it, where a float max that keeps NaN it does not)."""
     top = bits[0] & mask
     for i in range(bits.shape[0]):
         magnitude = bits[i] & mask
         top = magnitude if magnitude > top else top
     return top
+
+
+@numba.njit(inline="always")
+def _magnitude_bits(bits, j, n, mask):
+    lo, hi = _chunk_bounds(j, n)
+    return _largest_magnitude_bits(bits[lo:hi], mask)  # a loop from 0: see _chunked_sums
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits, witness):
+    """The float whose bit pattern is ``bits``: float32 for an int32 ``witness`` array, float64 for int64."""
+    if witness.dtype == types.int32:
+        sig, width, float_type = types.float32(bits, witness), 32, llvm_ir.FloatType()
+    elif witness.dtype == types.int64:
+        sig, width, float_type = types.float64(bits, witness), 64, llvm_ir.DoubleType()
+    else:
+        return None
+
+    def codegen(context, builder, signature, args):
+        value = args[0]
+        if value.type.width != width:
+            value = builder.trunc(value, llvm_ir.IntType(width))
+        return builder.bitcast(value, float_type)
+
+    return sig, codegen
 
 
 @kernel
@@ -83,13 +109,16 @@ def _abs_max_bits(bits, mask, partial):
 
 def abs_max(x: Tensor) -> Tensor:
     """``x.abs().max()`` of a non-empty contiguous 1-D float32/float64 tensor, as a 0-dim tensor of its dtype."""
-    x = x.detach()
+    bits, mask = _bits(x)
+    top = launch_flat(_abs_max_bits, x.numel(), bits, mask, _partials(x.numel())[:, 0])
+    return torch.from_numpy(np.array([top], dtype=bits.dtype)).view(x.dtype).reshape(())
+
+
+def _bits(x: Tensor) -> tuple[np.ndarray, np.integer]:
+    """``x``'s elements as integers, and the mask that clears their sign bit."""
     if x.dtype == torch.float32:
-        bits, mask, as_float = x.view(torch.int32), np.int32(0x7FFFFFFF), np.int32
-    else:
-        bits, mask, as_float = x.view(torch.int64), np.int64(0x7FFFFFFFFFFFFFFF), np.int64
-    top = launch_flat(_abs_max_bits, x.numel(), bits.numpy(), mask, _partials(x.numel())[:, 0])
-    return torch.from_numpy(np.array([as_float(top)])).view(x.dtype).reshape(())
+        return x.detach().view(torch.int32).numpy(), np.int32(0x7FFFFFFF)
+    return x.detach().view(torch.int64).numpy(), np.int64(0x7FFFFFFFFFFFFFFF)
 
 
 # ----------------------------------------------------------------------------- fused passes
@@ -176,8 +205,8 @@ def _pair_dots_chunk(lo, hi, args, sums):
 
 @_chunk_loop
 def _combine_chunk(lo, hi, args, sums):
-    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its gᵀout."""
-    out, g, old, a, b, minus_h = args
+    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its gᵀout and max|out|."""
+    out, g, old, a, b, minus_h, out_bits, mask = args
     out, g = out[lo:hi], g[lo:hi]
     n = hi - lo
     for i in range(n):
@@ -191,6 +220,8 @@ def _combine_chunk(lo, hi, args, sums):
     for i in range(n):
         gd += np.float64(g[i]) * np.float64(out[i])
     sums[0] = gd
+    bits = out_bits[lo:hi]  # out's chunk as integers, still in cache: max|out| exactly, NaN if any
+    sums[1] = np.float64(_float_from_bits(_largest_magnitude_bits(bits, mask), bits))
 
 
 @numba.njit(inline="always")
@@ -239,8 +270,8 @@ def _pair_dots_pass(y, s, g, g_prev, d, t, old, partial):
 
 
 @kernel
-def _combine_pass(out, g, old, a, b, minus_h, partial):
-    return _chunked_sums(_combine_chunk, out.shape[0], (out, g, old, a, b, scalar(minus_h, out)), partial)[0]
+def _combine_pass(out, g, old, a, b, minus_h, out_bits, mask, partial):
+    return _chunked_sums(_combine_chunk, out.shape[0], (out, g, old, a, b, scalar(minus_h, out), out_bits, mask), partial)[0]
 
 
 _scratch: list[np.ndarray] = [np.empty(0)]
@@ -336,15 +367,21 @@ def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, fl
     return sums[0], sums[1], sums[2], sums[3], sums[4:].reshape(k, 5)
 
 
-def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> float:
-    """``out ← −h g + Σ_j (a_j y_j + b_j s_j)`` (coefficients in ``out``'s dtype) in one pass; returns ``gᵀout``."""
+def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> tuple[float, float]:
+    """``out ← −h g + Σ_j (a_j y_j + b_j s_j)`` (coefficients in ``out``'s dtype) in one pass.
+
+    Returns ``gᵀout`` and ``max|out|`` (exact; NaN if ``out`` holds one), which
+    the step's "does the step still move θ" test needs.
+    """
     dtype = _array(out).dtype
+    bits, mask = _bits(out)
+    partial = _partials(out.numel(), 2)
     gd = launch_flat(
         _combine_pass, out.numel(), _array(out), _array(g), _addresses(old_dirs, old_stps), a.astype(dtype), b.astype(dtype),
-        -float(h), _partials(out.numel()),
+        -float(h), bits, mask, partial,
     )
     torch._C._increment_version([out])
-    return gd
+    return gd, float(np.max(partial[:, 1]))
 
 
 class PairGram:
