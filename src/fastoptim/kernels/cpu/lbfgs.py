@@ -271,7 +271,14 @@ def _pair_dots_pass(y, s, g, g_prev, d, t, old, partial):
 
 @kernel
 def _combine_pass(out, g, old, a, b, minus_h, out_bits, mask, partial):
-    return _chunked_sums(_combine_chunk, out.shape[0], (out, g, old, a, b, scalar(minus_h, out), out_bits, mask), partial)[0]
+    n = out.shape[0]
+    gd = _chunked_sums(_combine_chunk, n, (out, g, old, a, b, scalar(minus_h, out), out_bits, mask), partial)[0]
+    top = partial[0, 1]
+    for j in range(1, (n + CHUNK - 1) // CHUNK):
+        magnitude = partial[j, 1]
+        if magnitude > top or magnitude != magnitude:  # a NaN stays (numba's max() skips NaN)
+            top = magnitude
+    return gd, top
 
 
 _scratch: list[np.ndarray] = [np.empty(0)]
@@ -375,13 +382,12 @@ def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.nda
     """
     dtype = _array(out).dtype
     bits, mask = _bits(out)
-    partial = _partials(out.numel(), 2)
-    gd = launch_flat(
+    gd, top = launch_flat(
         _combine_pass, out.numel(), _array(out), _array(g), _addresses(old_dirs, old_stps), a.astype(dtype), b.astype(dtype),
-        -float(h), bits, mask, partial,
+        -float(h), bits, mask, _partials(out.numel(), 2),
     )
     torch._C._increment_version([out])
-    return gd, float(np.max(partial[:, 1]))
+    return gd, top
 
 
 class PairGram:
