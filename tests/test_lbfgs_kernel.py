@@ -153,12 +153,19 @@ def test_passes_give_the_same_bits_on_any_thread_count():
             al = [None] * 3
             gtd = kernels.two_loop_direction(g, dirs, stps, ro, torch.tensor(0.5), al, out)
             sums = kernels.new_pair(torch.empty_like(g), torch.empty_like(g), g, dirs[0], stps[0], 0.25)
-            results.append((out, al, gtd, sums))
+            *pair_sums, dots = kernels.pair_with_dots(torch.empty_like(g), torch.empty_like(g), g, dirs[0], stps[0], 0.25, dirs[1:], stps[1:])
+            combined = torch.empty_like(g)
+            combined_sums = kernels.combine(combined, g, dirs, stps, np.full(3, 0.1), np.full(3, -0.2), 0.5)
+            results.append((out, al, gtd, sums, pair_sums, dots, combined, combined_sums))
     finally:
         torch.set_num_threads(previous)
-    (out1, al1, gtd1, sums1), (out2, al2, gtd2, sums2) = results
+    first, second = results
+    out1, al1, gtd1, sums1, pair_sums1, dots1, combined1, combined_sums1 = first
+    out2, al2, gtd2, sums2, pair_sums2, dots2, combined2, combined_sums2 = second
     assert torch.equal(out1, out2) and all(torch.equal(a, b) for a, b in zip(al1, al2))
     assert torch.equal(gtd1, gtd2) and sums1 == sums2
+    assert pair_sums1 == pair_sums2 and np.array_equal(dots1, dots2)
+    assert torch.equal(combined1, combined2) and combined_sums1 == combined_sums2
 
 
 # ---------------------------------------------------------------- the optimizer
