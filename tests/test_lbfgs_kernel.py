@@ -111,22 +111,24 @@ def test_gram_direction_matches_the_torch_op_recursion(dtype, n, count):
     gram = kernels.PairGram([], [])
     for y_j, s_j in zip(dirs, stps):  # build the Gram pair by pair, as the optimizer does
         prefix_dirs, prefix_stps = dirs[: len(gram.keys)], stps[: len(gram.keys)]
-        *_, dots = kernels.pair_with_dots(torch.empty_like(g), torch.empty_like(g), y_j + 1, torch.ones_like(g), s_j, 1.0, prefix_dirs, prefix_stps)
-        gram.update(dots, y_j.double().dot(s_j.double()).item(), y_j.double().dot(y_j.double()).item(), True, False, prefix_dirs + [y_j], prefix_stps + [s_j])
+        *_, g_s, g_y, dots = kernels.pair_with_dots(torch.empty_like(g), torch.empty_like(g), y_j + 1, torch.ones_like(g), s_j, 1.0, prefix_dirs, prefix_stps)
+        exact = (y_j.double().dot(s_j.double()).item(), y_j.double().dot(y_j.double()).item(), g_s, g_y, dots)
+        gram.update(exact, g, True, False, prefix_dirs + [y_j], prefix_stps + [s_j])
     y, s = torch.empty_like(g), torch.empty_like(g)
     ys, yy, g_s, g_y, dots = kernels.pair_with_dots(y, s, g, g_prev, d, 0.5, dirs, stps)
     assert torch.equal(y, g - g_prev) and torch.equal(s, d * 0.5)
     for j, (y_j, s_j) in enumerate(zip(dirs, stps)):
         exact = [u.double().dot(v.double()).item() for u, v in ((s, y_j), (y, s_j), (y, y_j), (g, s_j), (g, y_j))]
         assert dots[j] == pytest.approx(exact, rel=1e-10, abs=1e-9)
-    gram.update(dots, ys, yy, True, False, dirs + [y], stps + [s])
-    assert gram.complete() and gram.follows(dirs + [y], stps + [s])
+    gram.update((ys, yy, g_s, g_y, dots), g, True, False, dirs + [y], stps + [s])
+    assert gram.complete() and gram.follows(dirs + [y], stps + [s]) and gram.ready_for(g, dirs + [y], stps + [s])
     dirs, stps = dirs + [y], stps + [s]
     ro = ro + [1.0 / torch.tensor(ys, dtype=dtype)]
     h = torch.tensor(0.7, dtype=dtype)
     al_ref, al_ours = [None] * (count + 1), [None] * (count + 1)
     expected = two_loop_direction(g, dirs, stps, ro, h, al_ref)
-    a, b = gram.coefficients(np.append(dots[:, 3], g_s), np.append(dots[:, 4], g_y), ro, h, al_ours, dtype)
+    torch.testing.assert_close(torch.from_numpy(gram.g_s), torch.from_numpy(np.append(dots[:, 3], g_s)), rtol=0, atol=0)
+    a, b = gram.coefficients(ro, h, al_ours, dtype)
     out = torch.empty_like(g)
     gtd, top = kernels.combine(out, g, dirs, stps, a, b, h)
     torch.testing.assert_close(out, expected, **tolerance(dtype))

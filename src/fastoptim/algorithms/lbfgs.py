@@ -65,7 +65,6 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -204,7 +203,7 @@ class LBFGS(Optimizer):
     """
 
     #: attributes holding the reusable buffers: rebuilt, not copied, by pickle / deepcopy
-    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_gram_gradient", "_direction_abs_max")
+    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_direction_abs_max")
 
     def __init__(
         self,
@@ -245,10 +244,8 @@ class LBFGS(Optimizer):
         self._spare_pair: tuple[Tensor, Tensor] | None = None  # (y, s) buffers for the next pair
         # id -> tensor of the history tensors this optimizer allocated (kept alive, so ids stay unique)
         self._owned: dict[int, Tensor] = {}
-        # the fused path's dot products among the stored pairs (kernels.cpu.lbfgs.PairGram), and
-        # (gradient, its dots with the pairs) from the pass that formed the latest pair
+        # the fused path's dot products among the stored pairs and with the gradient (kernels.cpu.lbfgs.PairGram)
         self._gram = None
-        self._gram_gradient: tuple = (None, None, None)
         # (direction, its version, max|direction|) when the pass that wrote it also took the max
         self._direction_abs_max: tuple = (None, None, None)
 
@@ -450,10 +447,7 @@ class LBFGS(Optimizer):
             ro.append(1.0 / ys)
         self._gram = gram
         if gram is not None:
-            ys64, yy64, g_s, g_y, dots = sums
-            gram.update(dots, ys64, yy64, kept, dropped, old_dirs, old_stps)
-            g_s, g_y = (np.append(column, new) if kept else column for column, new in ((dots[:, 3], g_s), (dots[:, 4], g_y)))
-            self._gram_gradient = (flat_grad, g_s[1:] if dropped else g_s, g_y[1:] if dropped else g_y)
+            gram.update(sums, flat_grad, kept, dropped, old_dirs, old_stps)
         if not kept:
             return H_diag  # the spare pair stays spare
         return ys / (y.dot(y) if yy is None else yy)
@@ -463,10 +457,9 @@ class LBFGS(Optimizer):
         out = self._direction_buffer().flat
         kernels = _flat_kernels(flat_grad) if old_dirs and _fits(flat_grad, *old_dirs, *old_stps) else None
         gram = self._gram
-        if kernels is not None and gram is not None and self._gram_gradient[0] is flat_grad and gram.follows(old_dirs, old_stps) and gram.complete():
+        if kernels is not None and gram is not None and gram.ready_for(flat_grad, old_dirs, old_stps):
             # the recursion on the dot products the pair's pass took, then one pass over the pairs
-            _, g_s, g_y = self._gram_gradient
-            a, b = gram.coefficients(g_s, g_y, ro, H_diag, al, flat_grad.dtype)
+            a, b = gram.coefficients(ro, H_diag, al, flat_grad.dtype)
             gtd, top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
             self._direction_abs_max = (out, out._version, top)
             return out, torch.tensor(gtd, dtype=flat_grad.dtype)

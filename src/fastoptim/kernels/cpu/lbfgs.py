@@ -406,6 +406,9 @@ class PairGram:
         k = len(old_dirs)
         self.S = np.full((k, k), np.nan)
         self.Y = np.full((k, k), np.nan)
+        # the gradient the last pair's pass read, and its gᵀs_j, gᵀy_j for the pairs now stored
+        self.gradient: Tensor | None = None
+        self.g_s = self.g_y = np.empty(0)
 
     @staticmethod
     def _keys(old_dirs, old_stps) -> list:
@@ -415,8 +418,14 @@ class PairGram:
         """Whether this is the Gram of exactly these pairs, unchanged since."""
         return self.keys == self._keys(old_dirs, old_stps)
 
-    def update(self, dots: np.ndarray, ys: float, yy: float, kept: bool, dropped: bool, old_dirs, old_stps) -> None:
-        """Take in the new pair's row (``dots`` from :func:`pair_with_dots`) if it was ``kept``, less the oldest if ``dropped``."""
+    def update(self, sums: tuple, gradient: Tensor, kept: bool, dropped: bool, old_dirs, old_stps) -> None:
+        """Take in the new pair's pass (``sums`` from :func:`pair_with_dots` over ``gradient``).
+
+        The pair's row joins if it was ``kept``, and the oldest pair's leaves
+        if ``dropped``; ``old_dirs``, ``old_stps`` are the history after that.
+        """
+        ys, yy, g_s, g_y, dots = sums
+        self.g_s, self.g_y = dots[:, 3], dots[:, 4]
         if kept:
             k = self.S.shape[0]
             S = np.empty((k + 1, k + 1))
@@ -425,15 +434,22 @@ class PairGram:
             S[k, :k], S[:k, k], S[k, k] = dots[:, 0], dots[:, 1], ys
             Y[k, :k] = Y[:k, k] = dots[:, 2]
             Y[k, k] = yy
+            self.g_s, self.g_y = np.append(self.g_s, g_s), np.append(self.g_y, g_y)
             if dropped:
                 S, Y = S[1:, 1:], Y[1:, 1:]
+                self.g_s, self.g_y = self.g_s[1:], self.g_y[1:]
             self.S, self.Y = S, Y
+        self.gradient = gradient
         self.keys = self._keys(old_dirs, old_stps)
+
+    def ready_for(self, gradient: Tensor, old_dirs, old_stps) -> bool:
+        """Whether :meth:`coefficients` can give the direction for ``gradient`` and these pairs."""
+        return self.gradient is gradient and self.follows(old_dirs, old_stps) and self.complete()
 
     def complete(self) -> bool:
         return not (np.isnan(self.S).any() or np.isnan(self.Y).any())
 
-    def coefficients(self, g_s: np.ndarray, g_y: np.ndarray, ro: list[Tensor], h, al: list, dtype) -> tuple[np.ndarray, np.ndarray]:
+    def coefficients(self, ro: list[Tensor], h, al: list, dtype) -> tuple[np.ndarray, np.ndarray]:
         r"""The two-loop recursion on the dot products; returns ``(a, b)`` with ``d = −h g + Σ a_j y_j + b_j s_j``.
 
         With :math:`q_k = -g`, :math:`q_i = q_{i+1} - \alpha_i y_i` and
@@ -450,6 +466,7 @@ class PairGram:
         does (``al`` gets the α's as 0-dim tensors).  Then ``a_j = −h α_j``,
         ``b_j = α_j − β_j``.
         """
+        g_s, g_y = self.g_s, self.g_y
         k = len(g_s)
         h = float(h)
         alpha = np.zeros(k)
