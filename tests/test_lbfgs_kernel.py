@@ -102,9 +102,13 @@ def test_two_loop_matches_the_torch_op_recursion(dtype, n, count):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [7, CHUNK + 5, 3 * CHUNK + 17])
-@pytest.mark.parametrize("count", [0, 1, 3])
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4])
 def test_gram_direction_matches_the_torch_op_recursion(dtype, n, count):
-    """The new pair's pass takes the dot products; the recursion on them and one pass give the two-loop direction."""
+    """The new pair's pass takes the dot products; the recursion on them and one pass give the two-loop direction.
+
+    Both passes read the stored pairs two at a time: counts 0-4 take every
+    branch (none, an odd and an even count in each).
+    """
     g, g_prev, d = _vectors(n, dtype, 3, seed=5)
     g_prev = g - 0.3 * d  # yᵀs > 0
     dirs, stps, ro = _history(n, dtype, count)

@@ -162,60 +162,133 @@ def _axpy_chunk(lo, hi, args, sums):
     sums[0] = zq
 
 
+@numba.njit(inline="always")
+def _pair_terms(y, s, g, y_j, s_j):
+    """One element's terms of s_newᵀy_j, y_newᵀs_j, y_newᵀy_j, gᵀs_j and gᵀy_j, in float64."""
+    u, v = np.float64(y_j), np.float64(s_j)
+    return s * u, y * v, y * u, g * v, g * u
+
+
+@_chunk_loop
+def _new_pair_and_one(y, s, g, g_prev, d, t, y_j, s_j, sums):
+    """``y = g − g_prev``, ``s = t d``, then yᵀs, yᵀy, gᵀs, gᵀy and the five dot products with one stored pair (``sums[0:9]``)."""
+    ys = yy = gs = gy = 0.0
+    p0 = p1 = p2 = p3 = p4 = 0.0
+    for i in range(y.shape[0]):
+        y[i] = g[i] - g_prev[i]
+        s[i] = d[i] * t
+        yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
+        ys += yi * si
+        yy += yi * yi
+        gs += gi * si
+        gy += gi * yi
+        t0, t1, t2, t3, t4 = _pair_terms(yi, si, gi, y_j[i], s_j[i])
+        p0 += t0
+        p1 += t1
+        p2 += t2
+        p3 += t3
+        p4 += t4
+    sums[0], sums[1], sums[2], sums[3] = ys, yy, gs, gy
+    sums[4], sums[5], sums[6], sums[7], sums[8] = p0, p1, p2, p3, p4
+
+
+@_chunk_loop
+def _two_pairs(y, s, g, y_a, s_a, y_b, s_b, sums):
+    """The five dot products of the new ``y``, ``s`` and ``g`` with each of two stored pairs (``sums[0:10]``)."""
+    a0 = a1 = a2 = a3 = a4 = 0.0
+    b0 = b1 = b2 = b3 = b4 = 0.0
+    for i in range(y.shape[0]):
+        yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
+        t0, t1, t2, t3, t4 = _pair_terms(yi, si, gi, y_a[i], s_a[i])
+        a0 += t0
+        a1 += t1
+        a2 += t2
+        a3 += t3
+        a4 += t4
+        t0, t1, t2, t3, t4 = _pair_terms(yi, si, gi, y_b[i], s_b[i])
+        b0 += t0
+        b1 += t1
+        b2 += t2
+        b3 += t3
+        b4 += t4
+    sums[0], sums[1], sums[2], sums[3], sums[4] = a0, a1, a2, a3, a4
+    sums[5], sums[6], sums[7], sums[8], sums[9] = b0, b1, b2, b3, b4
+
+
 @_chunk_loop
 def _pair_dots_chunk(lo, hi, args, sums):
-    """:func:`_pair_chunk`, then gᵀs, gᵀy and, per stored pair j, s_newᵀy_j, y_newᵀs_j, y_newᵀy_j, gᵀs_j, gᵀy_j.
+    """:func:`_new_pair_and_one` with stored pair 0, then the other stored pairs two at a time.
 
-    The new ``y``, ``s`` and ``g`` of the chunk stay in cache while each
-    stored pair's chunk streams past once.
+    ``sums``: yᵀs, yᵀy, gᵀs, gᵀy, then per stored pair j s_newᵀy_j,
+    y_newᵀs_j, y_newᵀy_j, gᵀs_j, gᵀy_j.  A loop that reads more streams at
+    once runs closer to the memory's speed than one pass per pair (the new
+    ``y``, ``s`` and ``g`` of the chunk are read from cache each time): so
+    the pairs are taken two by two.  With no stored pair the first loop
+    reads ``g`` as its pair, and with an even count the last loop reads the
+    last pair twice; those sums land past the ``4 + 5k`` that are used
+    (``sums`` has room for one more pair).
     """
     y, s, g, g_prev, d, t, old = args
-    _pair_chunk(lo, hi, (y, s, g, g_prev, d, t), sums)
-    y, s, g = y[lo:hi], s[lo:hi], g[lo:hi]
-    gs = 0.0
-    gy = 0.0
-    for i in range(g.shape[0]):
-        gi = np.float64(g[i])
-        gs += gi * np.float64(s[i])
-        gy += gi * np.float64(y[i])
-    sums[2] = gs
-    sums[3] = gy
+    y, s, g, g_prev, d = y[lo:hi], s[lo:hi], g[lo:hi], g_prev[lo:hi], d[lo:hi]
     n = hi - lo
-    for j in range(old.shape[1]):
-        y_j, s_j = column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g)
-        sy = 0.0
-        ys = 0.0
-        yy = 0.0
-        g_s = 0.0
-        g_y = 0.0
-        for i in range(n):
-            yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
-            yj, sj = np.float64(y_j[i]), np.float64(s_j[i])
-            sy += si * yj
-            ys += yi * sj
-            yy += yi * yj
-            g_s += gi * sj
-            g_y += gi * yj
-        sums[4 + 5 * j] = sy
-        sums[5 + 5 * j] = ys
-        sums[6 + 5 * j] = yy
-        sums[7 + 5 * j] = g_s
-        sums[8 + 5 * j] = g_y
+    k = old.shape[1]
+    y_0, s_0 = (column(old, 0, 0, lo, n, g), column(old, 1, 0, lo, n, g)) if k > 0 else (g, g)
+    _new_pair_and_one(y, s, g, g_prev, d, t, y_0, s_0, sums[0:9])
+    for j in range(1, k, 2):
+        last = min(j + 1, k - 1)
+        _two_pairs(
+            y, s, g, column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g),
+            column(old, 0, last, lo, n, g), column(old, 1, last, lo, n, g), sums[4 + 5 * j : 14 + 5 * j],
+        )  # fmt: skip
+
+
+@_chunk_loop
+def _start_one_pair(out, g, c, y_a, s_a, a_a, b_a):
+    """``out = c g + a_a y_a + b_a s_a``."""
+    for i in range(out.shape[0]):
+        out[i] = c * g[i] + a_a * y_a[i] + b_a * s_a[i]
+
+
+@_chunk_loop
+def _start_two_pairs(out, g, c, y_a, s_a, a_a, b_a, y_b, s_b, a_b, b_b):
+    """``out = c g + a_a y_a + b_a s_a + a_b y_b + b_b s_b``, the terms added in that order."""
+    for i in range(out.shape[0]):
+        out[i] = c * g[i] + a_a * y_a[i] + b_a * s_a[i] + a_b * y_b[i] + b_b * s_b[i]
+
+
+@_chunk_loop
+def _add_two_pairs(out, y_a, s_a, a_a, b_a, y_b, s_b, a_b, b_b):
+    """``out += a_a y_a + b_a s_a + a_b y_b + b_b s_b``, the terms added to ``out`` in that order.
+
+    In place, not :func:`_start_two_pairs` with ``out`` as its ``g``: LLVM
+    checks at run time whether the arrays overlap, and runs the loop
+    unvectorized when they do.
+    """
+    for i in range(out.shape[0]):
+        out[i] = out[i] + a_a * y_a[i] + b_a * s_a[i] + a_b * y_b[i] + b_b * s_b[i]
 
 
 @_chunk_loop
 def _combine_chunk(lo, hi, args, sums):
-    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its gᵀout and max|out|."""
+    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its gᵀout and max|out|.
+
+    The terms are added in pair order, as one pass per pair would; the pairs
+    are read two at a time (an odd count: the first alone, with ``−h g``).
+    """
     out, g, old, a, b, minus_h, out_bits, mask = args
     out, g = out[lo:hi], g[lo:hi]
     n = hi - lo
-    for i in range(n):
-        out[i] = minus_h * g[i]
-    for j in range(old.shape[1]):
-        y_j, s_j = column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g)
-        a_j, b_j = a[j], b[j]
-        for i in range(n):
-            out[i] = out[i] + a_j * y_j[i] + b_j * s_j[i]
+    k = old.shape[1]
+
+    def pair(j):
+        return column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g), a[j], b[j]
+
+    if k % 2:
+        _start_one_pair(out, g, minus_h, *pair(0))
+    else:
+        _start_two_pairs(out, g, minus_h, *pair(0), *pair(1))
+    for j in range(2 - k % 2, k, 2):
+        _add_two_pairs(out, *pair(j), *pair(j + 1))
     gd = 0.0
     for i in range(n):
         gd += np.float64(g[i]) * np.float64(out[i])
@@ -368,10 +441,10 @@ def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, fl
     k = len(old_dirs)
     sums = launch_flat(
         _pair_dots_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t),
-        _addresses(old_dirs, old_stps), _partials(y.numel(), 4 + 5 * k),
+        _addresses(old_dirs, old_stps), _partials(y.numel(), 4 + 5 * (k + 1)),
     )
     torch._C._increment_version([y, s])
-    return sums[0], sums[1], sums[2], sums[3], sums[4:].reshape(k, 5)
+    return sums[0], sums[1], sums[2], sums[3], sums[4 : 4 + 5 * k].reshape(k, 5)
 
 
 def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> tuple[float, float]:
