@@ -68,6 +68,25 @@ def test_abs_max_is_torch_bit_for_bit(dtype, n, special):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("sizes", [(1,), (7, 0, 3), (CHUNK - 1, 2, CHUNK + 5), (3 * CHUNK + 17, 5), (0, 2 * CHUNK, 0)], ids=str)
+@pytest.mark.parametrize("special", [None, float("nan"), -float("inf")])
+def test_gather_abs_max_copies_and_takes_torchs_max(dtype, sizes, special):
+    """The flat gradient gathered from its pieces (chunks spanning several, empty pieces) and its max|g|, exactly."""
+    sources = _vectors(sum(sizes), dtype, 1, seed=3)[0].split(list(sizes))
+    sources = [piece.clone().view(-1, 1) if len(piece) % 2 else piece.clone() for piece in sources]  # any shape
+    if special is not None:
+        longest = max(sources, key=torch.Tensor.numel)
+        longest.view(-1)[longest.numel() // 2] = special
+    out = torch.full((sum(sizes),), 7.0, dtype=dtype)
+    version = out._version
+    top = kernels.gather_abs_max(out, sources)
+    expected = torch.cat([piece.reshape(-1) for piece in sources])
+    assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(out.nan_to_num(), expected.nan_to_num())
+    torch.testing.assert_close(top, expected.abs().max(), rtol=0, atol=0, equal_nan=True)
+    assert out._version > version
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", SIZES)
 def test_new_pair_writes_torchs_y_and_s_and_sums_in_float64(dtype, n):
     g, g_prev, d = _vectors(n, dtype, 3)
@@ -309,6 +328,40 @@ def _run(n, steps=3, **kwargs):
     for _ in range(steps):
         opt.step(closure)
     return opt, params
+
+
+@pytest.mark.parametrize(
+    "case", ["plain", "a grad missing", "a transposed grad", "a complex param", "a float32 param"]
+)
+def test_gradient_gather_fuses_only_plain_gradients(case, monkeypatch):
+    """The flat gradient and its max|g| are torch.cat's whatever the gradients; the fused gather takes only contiguous real ones of the flat dtype."""
+    gen = torch.Generator().manual_seed(4)
+    params = [torch.randn(CHUNK + 3, generator=gen, dtype=torch.float64), torch.randn(40, 30, generator=gen, dtype=torch.float64)]
+    if case == "a complex param":
+        params.append(torch.randn(5, generator=gen, dtype=torch.complex128))
+    elif case == "a float32 param":  # the flat vector is float64
+        params[1] = params[1].float()
+    params = [p.requires_grad_() for p in params]
+    for p in params:
+        p.grad = torch.randn(p.shape, generator=gen, dtype=p.dtype)
+    if case == "a grad missing":
+        params[1].grad = None
+    elif case == "a transposed grad":
+        params[1].grad = torch.randn(30, 40, generator=gen, dtype=torch.float64).t()
+    calls = []
+    fused = kernels.gather_abs_max
+    monkeypatch.setattr(kernels, "gather_abs_max", lambda *args: calls.append(1) or fused(*args))
+    opt = fastoptim.LBFGS(params)
+    expected = torch.cat([
+        torch.zeros(p.numel(), dtype=torch.float64) if p.grad is None
+        else torch.view_as_real(p.grad).reshape(-1) if p.is_complex() else p.grad.reshape(-1).double()
+        for p in params
+    ])  # fmt: skip
+    with use_backend("numba"):
+        flat = opt._gather_flat_grad(opt._grad_buffer(busy=None))
+        top = opt._abs_max(flat)
+    assert torch.equal(flat, expected) and torch.equal(top, expected.abs().max())
+    assert len(calls) == (1 if case in ("plain", "a complex param") else 0)
 
 
 def test_auto_backend_fuses_from_FUSED_MIN_NUMEL_on(monkeypatch):

@@ -203,7 +203,7 @@ class LBFGS(Optimizer):
     """
 
     #: attributes holding the reusable buffers: rebuilt, not copied, by pickle / deepcopy
-    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_direction_abs_max")
+    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_abs_maxes")
 
     def __init__(
         self,
@@ -246,8 +246,8 @@ class LBFGS(Optimizer):
         self._owned: dict[int, Tensor] = {}
         # the fused path's dot products among the stored pairs and with the gradient (kernels.cpu.lbfgs.PairGram)
         self._gram = None
-        # (direction, its version, max|direction|) when the pass that wrote it also took the max
-        self._direction_abs_max: tuple = (None, None, None)
+        # (tensor, its version, max|tensor|) for the last two vectors whose pass also took the max
+        self._abs_maxes: list[tuple[Tensor, int, Tensor]] = []
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -359,7 +359,12 @@ class LBFGS(Optimizer):
                 grad = grad.to_dense()
             targets.append(view)
             sources.append(torch.view_as_real(grad) if grad.is_complex() else grad)
-        if targets:
+        whole = len(sources) == len(self._params) and _fits_flat(out.flat, sources)
+        kernels = _flat_kernels(out.flat, numel_at_least=1 << 16) if whole else None
+        if kernels is not None:
+            # the copy and the max|g| the stopping test needs, in one pass
+            self._note_abs_max(out.flat, kernels.gather_abs_max(out.flat, sources))
+        elif targets:
             torch._foreach_copy_(targets, sources)
         return out.flat
 
@@ -461,19 +466,28 @@ class LBFGS(Optimizer):
             # the recursion on the dot products the pair's pass took, then one pass over the pairs
             a, b = gram.coefficients(ro, H_diag, al, flat_grad.dtype)
             gtd, top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
-            self._direction_abs_max = (out, out._version, top)
+            self._note_abs_max(out, torch.tensor(top, dtype=out.dtype))
             return out, torch.tensor(gtd, dtype=flat_grad.dtype)
         if kernels is None:
             return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None
         gtd = kernels.two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out)
         return out, gtd
 
-    def _known_abs_max(self, d: Tensor) -> Tensor | None:
-        """max|d| as a 0-dim tensor, if the pass that wrote ``d`` took it and ``d`` has not changed since."""
-        direction, version, top = self._direction_abs_max
-        if direction is d and version == d._version:
-            return torch.tensor(top, dtype=d.dtype)
+    def _note_abs_max(self, x: Tensor, top: Tensor) -> None:
+        """Remember ``max|x|`` (a 0-dim tensor), taken by the pass that wrote ``x``: the last direction's and gradient's are kept."""
+        self._abs_maxes = [(x, x._version, top), *(kept for kept in self._abs_maxes[:1] if kept[0] is not x)]
+
+    def _known_abs_max(self, x: Tensor) -> Tensor | None:
+        """max|x| as a 0-dim tensor, if the pass that wrote ``x`` took it and ``x`` has not changed since."""
+        for tensor, version, top in self._abs_maxes:
+            if tensor is x and version == x._version:
+                return top
         return None
+
+    def _abs_max(self, x: Tensor) -> Tensor:
+        """``x.abs().max()``: the one the pass that wrote ``x`` took, or a pass of its own."""
+        top = self._known_abs_max(x)
+        return _abs_max(x) if top is None else top
 
     # -------------------------------------------------- the step
     @torch.no_grad()
@@ -517,7 +531,7 @@ class LBFGS(Optimizer):
         self._forget_foreign(old_dirs, old_stps)
 
         flat_grad = self._gather_flat_grad(self._grad_buffer(busy=prev_flat_grad))
-        if _abs_max(flat_grad) <= tolerance_grad:
+        if self._abs_max(flat_grad) <= tolerance_grad:
             return orig_loss  # already optimal: the saved history is left as it was
 
         n_iter = 0
@@ -565,7 +579,7 @@ class LBFGS(Optimizer):
                     obj_func, x_init, t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals
                 )
                 self._add_grad(t, d)
-                opt_cond = _abs_max(flat_grad) <= tolerance_grad
+                opt_cond = self._abs_max(flat_grad) <= tolerance_grad
             else:
                 self._add_grad(t, d)
                 # The last iteration does not re-evaluate: in a stochastic
@@ -573,7 +587,7 @@ class LBFGS(Optimizer):
                 if n_iter != max_iter:
                     loss = float(closure())
                     flat_grad = self._gather_flat_grad(self._grad_buffer(busy=prev_flat_grad))
-                    opt_cond = _abs_max(flat_grad) <= tolerance_grad
+                    opt_cond = self._abs_max(flat_grad) <= tolerance_grad
                     ls_func_evals = 1
 
             current_evals += ls_func_evals
@@ -598,6 +612,13 @@ class LBFGS(Optimizer):
             prev_loss=prev_loss,
         )
         return orig_loss
+
+
+def _fits_flat(flat: Tensor, sources: list[Tensor]) -> bool:
+    """Whether ``sources`` are contiguous real tensors of ``flat``'s dtype and device that fill it, for the fused gather."""
+    return sum(source.numel() for source in sources) == flat.numel() and all(
+        source.dtype == flat.dtype and source.device == flat.device and source.is_contiguous() for source in sources
+    )
 
 
 def _fits(flat: Tensor, *others: Tensor) -> bool:

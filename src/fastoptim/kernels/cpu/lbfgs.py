@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from llvmlite import ir as llvm_ir
 from numba import prange, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 from torch import Tensor
 
 from ._launch import FASTMATH, column, kernel, launch_flat, next_task, scalar, task_counter, thread_count
@@ -57,13 +57,23 @@ def _chunk_bounds(j, n):
 # ----------------------------------------------------------------------------- max |x|
 
 
+def _magnitude(x, mask):
+    """``x & mask`` in ``x``'s own integer type (numba widens int32 arithmetic to int64: half the lanes per vector)."""
+
+
+@overload(_magnitude, inline="always")
+def _magnitude_overload(x, mask):
+    if x == types.int32:
+        return lambda x, mask: np.int32(x & mask)
+    return lambda x, mask: x & mask
+
+
 @numba.njit(inline="always")
 def _largest_magnitude_bits(bits, mask):
     """The largest ``bits[i] & mask`` (an integer max: LLVM vectorizes it, where a float max that keeps NaN it does not)."""
-    top = bits[0] & mask
+    top = _magnitude(bits[0], mask)
     for i in range(bits.shape[0]):
-        magnitude = bits[i] & mask
-        top = magnitude if magnitude > top else top
+        top = max(top, _magnitude(bits[i], mask))
     return top
 
 
@@ -111,7 +121,60 @@ def abs_max(x: Tensor) -> Tensor:
     """``x.abs().max()`` of a non-empty contiguous 1-D float32/float64 tensor, as a 0-dim tensor of its dtype."""
     bits, mask = _bits(x)
     top = launch_flat(_abs_max_bits, x.numel(), bits, mask, _partials(x.numel())[:, 0])
-    return torch.from_numpy(np.array([top], dtype=bits.dtype)).view(x.dtype).reshape(())
+    return _as_float(top, bits.dtype, x.dtype)
+
+
+@_chunk_loop
+def _copy(out, source):
+    for i in range(out.shape[0]):
+        out[i] = source[i]
+
+
+@kernel
+def _gather_abs_max_bits(out, sources, starts, bits, mask, partial):
+    """Source ``t`` (its address ``sources[0, t]``) into ``out[starts[t] : starts[t + 1]]``, and the largest ``bits[i] & mask`` of ``out``.
+
+    Each chunk of ``out`` is copied from the sources it spans, then its max
+    is taken from its bits while they are in cache.
+    """
+    n = out.shape[0]
+    count = (n + CHUNK - 1) // CHUNK
+    partial = partial.view(bits.dtype)[:count]
+    tasks = task_counter()
+    for _ in prange(thread_count()):
+        j = next_task(tasks)
+        while j < count:
+            lo, hi = _chunk_bounds(j, n)
+            t = np.searchsorted(starts, lo, side="right") - 1  # the source holding element lo
+            k = lo
+            while k < hi:
+                end = min(hi, starts[t + 1])
+                _copy(out[k:end], column(sources, 0, t, k - starts[t], end - k, out))
+                k = end
+                t += 1
+            partial[j] = _magnitude_bits(bits, j, n, mask)
+            j = next_task(tasks)
+    return partial.max()
+
+
+def gather_abs_max(out: Tensor, sources: list[Tensor]) -> Tensor:
+    """Copy the contiguous ``sources`` one after another into the 1-D ``out`` (same dtype, as many elements) and return ``out.abs().max()``.
+
+    One pass: each chunk's max is taken while the chunk is in cache (exact,
+    NaN wins, as :func:`abs_max`).
+    """
+    starts = np.zeros(len(sources) + 1, np.int64)
+    np.cumsum([source.numel() for source in sources], out=starts[1:])
+    addresses = np.array([[source.data_ptr() for source in sources]], dtype=np.int64)
+    bits, mask = _bits(out)
+    top = launch_flat(_gather_abs_max_bits, out.numel(), _array(out), addresses, starts, bits, mask, _partials(out.numel())[:, 0])
+    torch._C._increment_version([out])
+    return _as_float(top, bits.dtype, out.dtype)
+
+
+def _as_float(top, bits_dtype, dtype: torch.dtype) -> Tensor:
+    """The magnitude bits ``top`` as a 0-dim tensor of ``dtype``."""
+    return torch.from_numpy(np.array([top], dtype=bits_dtype)).view(dtype).reshape(())
 
 
 def _bits(x: Tensor) -> tuple[np.ndarray, np.integer]:
