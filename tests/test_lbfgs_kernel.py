@@ -432,3 +432,64 @@ def test_loaded_history_is_fused_once_its_pairs_are_replaced(monkeypatch):
     # each iteration's new pair pushes out a loaded one: the first direction still uses
     # one loaded pair (two-loop passes), the next three only new pairs (one pass)
     assert (two_loops, combined) == (1, 3)
+
+
+def _flat_ptrs(opt, params):
+    state = opt.state[params[0]]
+    return {t.data_ptr() for t in (state["d"], state["prev_flat_grad"], *state["old_dirs"], *state["old_stps"])}
+
+
+def test_pairs_are_written_over_the_spent_gradient_and_direction(monkeypatch):
+    """With own buffers the pair's pass writes y over g_prev and s over d: the state lives in 2m + 3 flat buffers.
+
+    A ``state_dict()`` hands its tensors over: the steps after it compute
+    into other buffers (the exported ones keep their values), and then return
+    to writing in place.  Every step agrees with torch's ops to rounding.
+    """
+    in_place = []
+    fused = kernels.pair_with_dots
+    monkeypatch.setattr(kernels, "pair_with_dots", lambda y, s, g, g_prev, d, *rest: in_place.append(y is g_prev) or fused(y, s, g, g_prev, d, *rest))
+    kwargs = {"lr": 0.5, "history_size": 3, "max_iter": 5, "tolerance_grad": 0, "tolerance_change": 0}
+    (_, ours, our_params, _), (_, theirs, their_params, _) = runs = _runs(kwargs, [("numba", torch.float64), ("reference", torch.float64)])
+    seen = []
+    for step in range(6):
+        _step_all(runs)
+        seen.append(_flat_ptrs(ours, our_params))
+        if step == 2:  # the tensors handed out (the dict itself is the live state, as torch's)
+            exported = {k: (list(v) if isinstance(v, list) else v) for k, v in ours.state_dict()["state"][0].items()}
+            frozen = copy.deepcopy(exported)
+            passes_before = len(in_place)
+        for a, b in zip(our_params, their_params):
+            torch.testing.assert_close(a, b, **run_tolerance(torch.float64), msg=lambda m: f"step {step}: {m}")
+    for key in ("d", "prev_flat_grad", "old_dirs", "old_stps"):
+        torch.testing.assert_close(exported[key], frozen[key], rtol=0, atol=0)
+    # in place until the export, then once not (the exported d and g_prev), then in place again
+    assert in_place == [True] * passes_before + [False] + [True] * (len(in_place) - passes_before - 1)
+    assert len(set().union(*seen[:2])) <= 2 * 3 + 3
+
+
+def test_rejected_pair_gives_the_buffers_back():
+    """y = 0 (a linear objective): every pair is rejected, the spent g_prev and d go back to their roles."""
+    values = [torch.randn(CHUNK + 9, generator=torch.Generator().manual_seed(6), dtype=torch.float64)]
+    slope = torch.linspace(-1.0, 1.0, CHUNK + 9, dtype=torch.float64)
+    runs = []
+    for backend in ("numba", "reference"):
+        params = [v.clone().requires_grad_() for v in values]
+        opt = fastoptim.LBFGS(params, lr=1e-3, max_iter=4, history_size=2, tolerance_grad=0, tolerance_change=0)
+
+        def closure(params=params, opt=opt):
+            opt.zero_grad()
+            loss = slope.dot(params[0])
+            loss.backward()
+            return loss
+
+        runs.append((backend, opt, params, closure))
+    seen = []
+    for step in range(3):
+        _step_all(runs)
+        (_, ours, our_params, _), (_, theirs, their_params, _) = runs
+        torch.testing.assert_close(our_params, their_params, **run_tolerance(torch.float64))
+        state = ours.state[our_params[0]]
+        assert state["old_dirs"] == [] and theirs.state[their_params[0]]["old_dirs"] == []
+        seen.append({state["d"].data_ptr(), state["prev_flat_grad"].data_ptr()})
+    assert len(set().union(*seen)) <= 3  # two gradient buffers and one direction buffer

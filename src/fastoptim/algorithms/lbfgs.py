@@ -162,9 +162,9 @@ class _Flat:
 
     __slots__ = ("flat", "views")
 
-    def __init__(self, numel: int, dtype: torch.dtype, device: torch.device, shapes: list[tuple[int, ...]]):
-        self.flat = torch.empty(numel, dtype=dtype, device=device)
-        self.views = _views_of(self.flat, shapes)
+    def __init__(self, flat: Tensor, shapes: list[tuple[int, ...]]):
+        self.flat = flat
+        self.views = _views_of(flat, shapes)
 
 
 def _views_of(flat: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
@@ -298,7 +298,11 @@ class LBFGS(Optimizer):
         # from the parameters themselves, not self._layout: under torch.compile an
         # attribute set in this step may not be visible yet after a graph break
         dtype, device, shapes, _ = self._flat_layout()
-        return _Flat(self._numel(), dtype, device, shapes)
+        return _Flat(torch.empty(self._numel(), dtype=dtype, device=device), shapes)
+
+    def _flat_around(self, flat: Tensor) -> _Flat:
+        """An own flat tensor (a curvature vector leaving the history) as a buffer with its views."""
+        return _Flat(flat, self._flat_layout()[2])
 
     def _grad_buffer(self, busy: Tensor | None) -> _Flat:
         """An own flat-gradient buffer other than ``busy`` (the one holding ``prev_flat_grad``)."""
@@ -414,17 +418,37 @@ class LBFGS(Optimizer):
         keep = {id(t) for t in (*(old_dirs or ()), *(old_stps or ()), *(self._spare_pair or ()))}
         self._owned = {k: t for k, t in self._owned.items() if k in keep}
 
+    def _take_for_pair(self, prev_flat_grad: Tensor, d: Tensor) -> tuple[_Flat, _Flat] | None:
+        """The buffers holding ``prev_flat_grad`` and ``d``, taken out of use, if both are this optimizer's own.
+
+        Neither is read after the new pair is formed, so the fused pass can
+        write ``y`` over the one and ``s`` over the other (no memory fetched
+        only to be overwritten, and two flat buffers fewer).  Tensors handed out
+        by ``state_dict()`` or loaded into the state are never own buffers.
+        """
+        grad_buf = next((buf for buf in self._grad_bufs if buf.flat is prev_flat_grad), None)
+        if grad_buf is None or self._dir_buf is None or self._dir_buf.flat is not d or d is prev_flat_grad:
+            return None
+        self._grad_bufs.remove(grad_buf)
+        dir_buf, self._dir_buf = self._dir_buf, None
+        return grad_buf, dir_buf
+
     def _remember_pair(self, flat_grad, prev_flat_grad, d, t, old_dirs, old_stps, ro, H_diag, history_size):
         """Store the curvature pair ``y = g − g_prev``, ``s = t d`` if ``yᵀs > 1e-10`` (dropping the oldest).
 
         Returns the new scale of the initial inverse Hessian, ``yᵀs / yᵀy``, or
-        ``H_diag`` unchanged when the pair is rejected.  ``y`` and ``s`` are
-        computed into the spare pair; a pair that leaves a full history becomes
-        the spare when this optimizer allocated it.
+        ``H_diag`` unchanged when the pair is rejected.  The fused pass writes
+        ``y`` and ``s`` over ``prev_flat_grad`` and ``d`` when those are own
+        buffers (:meth:`_take_for_pair`), and a pair that leaves a full history
+        then becomes the gradient and direction buffers; otherwise ``y`` and
+        ``s`` are computed into the spare pair, and a pair that leaves becomes
+        the spare.  Either way only tensors this optimizer allocated are reused.
         """
-        y, s = self._pair_buffers()
         kernels = _flat_kernels(flat_grad) if _fits(flat_grad, prev_flat_grad, d) else None
-        gram = None
+        gram = taken = None
+        if kernels is not None and _fits(flat_grad, *old_dirs, *old_stps):
+            taken = self._take_for_pair(prev_flat_grad, d)
+        y, s = (prev_flat_grad, d) if taken else self._pair_buffers()
         if kernels is None:
             torch.sub(flat_grad, prev_flat_grad, out=y)
             torch.mul(d, t, out=s)
@@ -440,22 +464,38 @@ class LBFGS(Optimizer):
             ys, yy = (torch.tensor(v, dtype=y.dtype) for v in kernels.new_pair(y, s, flat_grad, prev_flat_grad, d, t))
         kept, dropped = bool(ys > 1e-10), False
         if kept:
-            self._spare_pair = None
+            if taken:
+                self._owned[id(y)], self._owned[id(s)] = y, s
+            else:
+                self._spare_pair = None
             if len(old_dirs) == history_size:
                 y_old, s_old = old_dirs.pop(0), old_stps.pop(0)
                 ro.pop(0)
                 dropped = True
                 if self._is_owned(y_old) and self._is_owned(s_old) and y_old is not s_old:
-                    self._spare_pair = (y_old, s_old)
+                    self._reuse(y_old, s_old, taken is not None)
             old_dirs.append(y)
             old_stps.append(s)
             ro.append(1.0 / ys)
+        elif taken:  # rejected: the buffers go back to their roles (their old contents are not needed)
+            self._grad_bufs.append(taken[0])
+            self._dir_buf = taken[1]
         self._gram = gram
         if gram is not None:
             gram.update(sums, flat_grad, kept, dropped, old_dirs, old_stps)
         if not kept:
             return H_diag  # the spare pair stays spare
         return ys / (y.dot(y) if yy is None else yy)
+
+    def _reuse(self, y_old: Tensor, s_old: Tensor, as_buffers: bool) -> None:
+        """An own pair that left the history: the next gradient and direction buffers, or the spare pair."""
+        del self._owned[id(y_old)], self._owned[id(s_old)]
+        if as_buffers:
+            self._grad_bufs.append(self._flat_around(y_old))
+            self._dir_buf = self._flat_around(s_old)
+        else:
+            self._owned[id(y_old)], self._owned[id(s_old)] = y_old, s_old
+            self._spare_pair = (y_old, s_old)
 
     def _direction(self, flat_grad, old_dirs, old_stps, ro, H_diag, al) -> tuple[Tensor, Tensor | None]:
         """``(d, gᵀd)``: the two-loop direction in the own buffer, and the slope where the fused passes computed it."""

@@ -232,8 +232,8 @@ def _pair_terms(y, s, g, y_j, s_j):
     return s * u, y * v, y * u, g * v, g * u
 
 
-@_chunk_loop
-def _new_pair_and_one(y, s, g, g_prev, d, t, y_j, s_j, sums):
+@numba.njit(inline="always")
+def _new_pair_and_one_body(y, s, g, g_prev, d, t, y_j, s_j, sums):
     """``y = g − g_prev``, ``s = t d``, then yᵀs, yᵀy, gᵀs, gᵀy and the five dot products with one stored pair (``sums[0:9]``)."""
     ys = yy = gs = gy = 0.0
     p0 = p1 = p2 = p3 = p4 = 0.0
@@ -253,6 +253,22 @@ def _new_pair_and_one(y, s, g, g_prev, d, t, y_j, s_j, sums):
         p4 += t4
     sums[0], sums[1], sums[2], sums[3] = ys, yy, gs, gy
     sums[4], sums[5], sums[6], sums[7], sums[8] = p0, p1, p2, p3, p4
+
+
+@_chunk_loop
+def _new_pair_and_one(y, s, g, g_prev, d, t, y_j, s_j, sums):
+    _new_pair_and_one_body(y, s, g, g_prev, d, t, y_j, s_j, sums)
+
+
+@_chunk_loop
+def _new_pair_and_one_in_place(y_over_g_prev, s_over_d, g, t, y_j, s_j, sums):
+    """The same with ``y`` written over ``g_prev`` and ``s`` over ``d``: no memory is fetched only to be overwritten.
+
+    One array for both roles, not :func:`_new_pair_and_one` with the same
+    array twice: LLVM would find the arrays overlapping at run time and run
+    the loop unvectorized.
+    """
+    _new_pair_and_one_body(y_over_g_prev, s_over_d, g, y_over_g_prev, s_over_d, t, y_j, s_j, sums)
 
 
 @_chunk_loop
@@ -291,12 +307,15 @@ def _pair_dots_chunk(lo, hi, args, sums):
     last pair twice; those sums land past the ``4 + 5k`` that are used
     (``sums`` has room for one more pair).
     """
-    y, s, g, g_prev, d, t, old = args
+    y, s, g, g_prev, d, t, old, in_place = args
     y, s, g, g_prev, d = y[lo:hi], s[lo:hi], g[lo:hi], g_prev[lo:hi], d[lo:hi]
     n = hi - lo
     k = old.shape[1]
     y_0, s_0 = (column(old, 0, 0, lo, n, g), column(old, 1, 0, lo, n, g)) if k > 0 else (g, g)
-    _new_pair_and_one(y, s, g, g_prev, d, t, y_0, s_0, sums[0:9])
+    if in_place:  # y is g_prev, s is d
+        _new_pair_and_one_in_place(y, s, g, t, y_0, s_0, sums[0:9])
+    else:
+        _new_pair_and_one(y, s, g, g_prev, d, t, y_0, s_0, sums[0:9])
     for j in range(1, k, 2):
         last = min(j + 1, k - 1)
         _two_pairs(
@@ -401,8 +420,8 @@ def _axpy_pass(q, a, v, c, z, partial):
 
 
 @kernel
-def _pair_dots_pass(y, s, g, g_prev, d, t, old, partial):
-    return _chunked_sums(_pair_dots_chunk, y.shape[0], (y, s, g, g_prev, d, scalar(t, y), old), partial)
+def _pair_dots_pass(y, s, g, g_prev, d, t, old, in_place, partial):
+    return _chunked_sums(_pair_dots_chunk, y.shape[0], (y, s, g, g_prev, d, scalar(t, y), old, in_place), partial)
 
 
 @kernel
@@ -500,11 +519,16 @@ def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, fl
 
     Returns ``(yᵀs, yᵀy, gᵀs, gᵀy, dots)``, ``dots[j]`` being
     ``(sᵀy_j, yᵀs_j, yᵀy_j, gᵀs_j, gᵀy_j)`` for the stored pair j (float64).
+    ``y`` may be ``g_prev`` itself and ``s`` be ``d`` (both, or neither):
+    the pair is then written over them.
     """
     k = len(old_dirs)
+    in_place = y is g_prev and s is d
+    if not in_place and (y is g_prev or s is d):
+        raise ValueError("pair_with_dots writes y over g_prev and s over d together, or neither")
     sums = launch_flat(
         _pair_dots_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t),
-        _addresses(old_dirs, old_stps), _partials(y.numel(), 4 + 5 * (k + 1)),
+        _addresses(old_dirs, old_stps), in_place, _partials(y.numel(), 4 + 5 * (k + 1)),
     )
     torch._C._increment_version([y, s])
     return sums[0], sums[1], sums[2], sums[3], sums[4 : 4 + 5 * k].reshape(k, 5)
