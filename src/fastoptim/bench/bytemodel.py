@@ -180,6 +180,12 @@ def lbfgs_traffic(max_iter: int, history_size: int) -> CountedTraffic:
     cannot reach it: ``torch.dot`` and ``add_`` are separate passes (10m per
     iteration for the two-loop instead of 8m + 1), and the closure and the
     max tests are their own passes.
+
+    This is the minimum of the two-loop recursion's passes, not of every
+    formulation: fastoptim's fused path (docs/algorithms/lbfgs.md) takes the
+    direction from dot products among the pairs and moves ``4m + 14`` vectors
+    an iteration, fewer than counted here, so its % of the ceiling credits it
+    with bytes it does not move.
     """
     K, m = max_iter, history_size
     if K < 1 or m < 1:
