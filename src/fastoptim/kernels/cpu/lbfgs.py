@@ -233,26 +233,24 @@ def _pair_terms(y, s, g, y_j, s_j):
 
 
 @numba.njit(inline="always")
+def _added(totals, terms):
+    """Five running sums, each with its term of one element added (as separate sums: LLVM vectorizes each)."""
+    return (totals[0] + terms[0], totals[1] + terms[1], totals[2] + terms[2], totals[3] + terms[3], totals[4] + terms[4])
+
+
+@numba.njit(inline="always")
 def _new_pair_and_one_body(y, s, g, g_prev, d, t, y_j, s_j, sums):
     """``y = g − g_prev``, ``s = t d``, then yᵀs, yᵀy, gᵀs, gᵀy and the five dot products with one stored pair (``sums[0:9]``)."""
-    ys = yy = gs = gy = 0.0
-    p0 = p1 = p2 = p3 = p4 = 0.0
+    own = (0.0, 0.0, 0.0, 0.0)  # yᵀs, yᵀy, gᵀs, gᵀy
+    pair = (0.0, 0.0, 0.0, 0.0, 0.0)
     for i in range(y.shape[0]):
         y[i] = g[i] - g_prev[i]
         s[i] = d[i] * t
         yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
-        ys += yi * si
-        yy += yi * yi
-        gs += gi * si
-        gy += gi * yi
-        t0, t1, t2, t3, t4 = _pair_terms(yi, si, gi, y_j[i], s_j[i])
-        p0 += t0
-        p1 += t1
-        p2 += t2
-        p3 += t3
-        p4 += t4
-    sums[0], sums[1], sums[2], sums[3] = ys, yy, gs, gy
-    sums[4], sums[5], sums[6], sums[7], sums[8] = p0, p1, p2, p3, p4
+        own = (own[0] + yi * si, own[1] + yi * yi, own[2] + gi * si, own[3] + gi * yi)
+        pair = _added(pair, _pair_terms(yi, si, gi, y_j[i], s_j[i]))
+    sums[0], sums[1], sums[2], sums[3] = own
+    sums[4], sums[5], sums[6], sums[7], sums[8] = pair
 
 
 @_chunk_loop
@@ -274,24 +272,13 @@ def _new_pair_and_one_in_place(y_over_g_prev, s_over_d, g, t, y_j, s_j, sums):
 @_chunk_loop
 def _two_pairs(y, s, g, y_a, s_a, y_b, s_b, sums):
     """The five dot products of the new ``y``, ``s`` and ``g`` with each of two stored pairs (``sums[0:10]``)."""
-    a0 = a1 = a2 = a3 = a4 = 0.0
-    b0 = b1 = b2 = b3 = b4 = 0.0
+    a = b = (0.0, 0.0, 0.0, 0.0, 0.0)
     for i in range(y.shape[0]):
         yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
-        t0, t1, t2, t3, t4 = _pair_terms(yi, si, gi, y_a[i], s_a[i])
-        a0 += t0
-        a1 += t1
-        a2 += t2
-        a3 += t3
-        a4 += t4
-        t0, t1, t2, t3, t4 = _pair_terms(yi, si, gi, y_b[i], s_b[i])
-        b0 += t0
-        b1 += t1
-        b2 += t2
-        b3 += t3
-        b4 += t4
-    sums[0], sums[1], sums[2], sums[3], sums[4] = a0, a1, a2, a3, a4
-    sums[5], sums[6], sums[7], sums[8], sums[9] = b0, b1, b2, b3, b4
+        a = _added(a, _pair_terms(yi, si, gi, y_a[i], s_a[i]))
+        b = _added(b, _pair_terms(yi, si, gi, y_b[i], s_b[i]))
+    sums[0], sums[1], sums[2], sums[3], sums[4] = a
+    sums[5], sums[6], sums[7], sums[8], sums[9] = b
 
 
 @_chunk_loop
