@@ -489,12 +489,11 @@ class LBFGS(Optimizer):
 
     def _reuse(self, y_old: Tensor, s_old: Tensor, as_buffers: bool) -> None:
         """An own pair that left the history: the next gradient and direction buffers, or the spare pair."""
-        del self._owned[id(y_old)], self._owned[id(s_old)]
         if as_buffers:
+            del self._owned[id(y_old)], self._owned[id(s_old)]  # buffers now, not history
             self._grad_bufs.append(self._flat_around(y_old))
             self._dir_buf = self._flat_around(s_old)
         else:
-            self._owned[id(y_old)], self._owned[id(s_old)] = y_old, s_old
             self._spare_pair = (y_old, s_old)
 
     def _direction(self, flat_grad, old_dirs, old_stps, ro, H_diag, al) -> tuple[Tensor, Tensor | None]:
