@@ -6,9 +6,10 @@ and clipped by the RMS of the update itself, so no weight can move before
 three reductions are done.  Each tensor goes through four passes (the
 second over its factors only):
 
-1. per chunk segment, Σθ² of every tensor; for a vector, the EMA of g²
-   (stored) and Σu² (its update needs nothing else); for a matrix, the sums
-   of g² along each line of memory and each position across lines;
+1. per chunk segment, Σθ² (of a matrix split over threads: in pass 3,
+   below); for a vector, the EMA of g² (stored) and Σu² (its update needs
+   nothing else); for a matrix, the sums of g² along each line of memory and
+   each position across lines;
 2. per matrix, the line and position sums completed, turned into means
    (``norm².div(size)`` as the reference does), the EMAs ``row_var`` /
    ``col_var`` updated and ``r̄ = max(mean(row_var), ε₁)`` formed; then one
@@ -16,7 +17,10 @@ second over its factors only):
    a product per element instead of a division and a root (the clamp at ε₁²
    becomes a cap on the root, the reference's own rsqrt of ε₁²);
 3. per segment of every matrix, Σu², u rebuilt element by element from g
-   and the two scales;
+   and the two scales; for a matrix split over threads, Σθ² too, so that θ
+   is read right before pass 4 reads it again (one 8192² tensor: 57 → 55 ms
+   a step; tensors a thread takes whole ran no faster that way, so they keep
+   Σθ² in pass 1);
 
 then, per tensor, α = max(ε₂, RMS(θ))·ρ and the clip max(1, RMS(u)/d) (in
 float64, as the reference's Python floats), and
@@ -293,12 +297,13 @@ def _weight_square(i, args):
 
 @numba.njit(inline="always")
 def _update_square(i, args):
-    """uᵢ² of a run of one line of a matrix, u = V̂^(-1/2)·G from the line's scale and the positions' (a term of Σu²)."""
-    grads, scale, scales, cap, maximize, witness = args
+    """uᵢ² of a run of one line of a matrix, u = V̂^(-1/2)·G from the line's scale and the positions' (a term of Σu²), and θᵢ² if ``weights_too``."""
+    grads, params, scale, scales, cap, maximize, weights_too, witness = args
     g = load(grads, i)
     if maximize:
         g = -g
-    return _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness)), 0.0
+    u = _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
+    return u, (_square(load(params, i)) if weights_too else 0.0)
 
 
 @numba.njit(inline="always")
@@ -310,8 +315,10 @@ def _move(param, grad, i, root, maximize, decays, keep, step, witness):
 
 
 @_segment_pass
-def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, line_at, pos_at, slots, line_part, witness):
+def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, line_at, pos_at, slots, line_part, weights_now, witness):
     """Pass 1 over elements ``lo .. lo+n`` of tensor ``t``: returns ``(Σθ², Σu²)``.
+
+    Σθ² of a matrix only if ``weights_now`` (else 0: :func:`_update_squares` takes it).
 
     A vector's V̂ is updated here, and its Σu² summed; a matrix's g² is summed
     along its lines (into ``line_sq``) and across them (into ``pos_sq``), its
@@ -321,7 +328,9 @@ def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, l
     """
     param = column(table, t, PARAM, lo, n, witness)
     grad = column(table, t, GRAD, lo, n, witness)
-    weights, _ = quartered_sums(_weight_square, n, (param, witness))
+    weights = 0.0
+    if weights_now or table[t, FLAG] == VECTOR:
+        weights, _ = quartered_sums(_weight_square, n, (param, witness))
     if table[t, FLAG] == VECTOR:
         variance = column(table, t, VARIANCE, lo, n, witness)
         updates = 0.0
@@ -412,19 +421,23 @@ def _factors(table, t, b, line_sums, pos_sums, w, one, row_floor, line_scale, po
 
 
 @_segment_pass
-def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness):
-    """Pass 3: Σu² over elements ``lo .. lo+n`` of matrix tensor ``t``, u from the new factors' scales."""
+def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, weights_too, witness):
+    """Pass 3: ``(Σθ², Σu²)`` over elements ``lo .. lo+n`` of matrix tensor ``t``, u from the new factors' scales (Σθ² only if ``weights_too``, else 0)."""
     lines, inner = table[t, LINES], table[t, INNER]
     updates = 0.0
+    weights = 0.0
     k = lo
     while k < lo + n:
         line, offset, m, b = _piece(k, lo + n, inner, lines)
         grads = column(table, t, GRAD, k, m, witness)
+        params = column(table, t, PARAM, k, m, witness)
         scale = line_scale[line_at[t] + line]
         scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
-        updates += quartered_sums(_update_square, m, (grads, scale, scales, cap, maximize, witness))[0]
+        u, w = quartered_sums(_update_square, m, (grads, params, scale, scales, cap, maximize, weights_too, witness))
+        updates += u
+        weights += w
         k += m
-    return updates
+    return weights, updates
 
 
 @_segment_pass
@@ -497,7 +510,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
             n = table[t, NUMEL]
             weights, updates = _first_pass(
                 table, t, 0, n, scalar(lerp_weights[t], witness), one, var_floor, maximize,
-                line_sq, pos_sq, line_at, pos_at, pos_sq[:0], unshared, witness,
+                line_sq, pos_sq, line_at, pos_at, pos_sq[:0], unshared, True, witness,
             )  # fmt: skip
             if table[t, FLAG] != VECTOR:
                 lines, inner = table[t, LINES], table[t, INNER]
@@ -507,7 +520,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
                         table, t, b, line_sq[at : at + lines], pos_sq[pat : pat + inner], scalar(lerp_weights[t], witness),
                         one, row_floor, line_scale[at : at + lines], pos_scale[pat : pat + inner], witness,
                     )  # fmt: skip
-                updates = _update_squares(table, t, 0, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness)
+                _, updates = _update_squares(table, t, 0, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, False, witness)
             step = add_scalar(_step_scale(n, steps[t], weights, updates, lr, lr_f32, eps2, d, witness), witness)
             _step_segment(table, t, 0, n, step, line_scale, pos_scale, line_at, pos_at, var_floor, cap, maximize, decays, keep, witness)
             j = next_task(tasks)
@@ -529,7 +542,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
     pos_part = np.empty(slot_at[nseg], np.float64)
     partial = np.empty((nseg, 2), np.float64)
 
-    # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them
+    # pass 1: vectors: Σθ², V̂ and Σu²; matrices: Σg² along lines and across them
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
@@ -538,7 +551,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
                 partial[s, 0], partial[s, 1] = _first_pass(
                     table, t, lo, n, scalar(lerp_weights[t], witness), one, var_floor, maximize,
-                    line_sq, pos_sq, line_at, pos_at, pos_part[slot_at[s] : slot_at[s + 1]], line_part[s], witness,
+                    line_sq, pos_sq, line_at, pos_at, pos_part[slot_at[s] : slot_at[s + 1]], line_part[s], False, witness,
                 )  # fmt: skip
             c = next_task(tasks)
 
@@ -587,7 +600,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     )  # fmt: skip
             c = next_task(tasks)
 
-    # pass 3: Σu² of every matrix, u from the new factors (last chunk first: pass 1 read it last,
+    # pass 3: Σθ² and Σu² of every matrix, u from the new factors (last chunk first: pass 1 read it last,
     # and pass 4 then starts where this pass ends)
     tasks = task_counter()
     for _ in prange(thread_count()):
@@ -597,7 +610,7 @@ def _adafactor_kernel(table, hyper, witness, grain):
             for s in range(starts[k], starts[k + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
                 if table[t, FLAG] != VECTOR:
-                    partial[s, 1] = _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, witness)
+                    partial[s, 0], partial[s, 1] = _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, True, witness)
             c = next_task(tasks)
 
     # α/clip per tensor
