@@ -445,15 +445,15 @@ class LBFGS(Optimizer):
         the spare.  Either way only tensors this optimizer allocated are reused.
         """
         kernels = _flat_kernels(flat_grad) if _fits(flat_grad, prev_flat_grad, d) else None
-        gram = taken = None
-        if kernels is not None and _fits(flat_grad, *old_dirs, *old_stps):
-            taken = self._take_for_pair(prev_flat_grad, d)
+        with_dots = kernels is not None and _fits(flat_grad, *old_dirs, *old_stps)
+        gram = None
+        taken = self._take_for_pair(prev_flat_grad, d) if with_dots else None
         y, s = (prev_flat_grad, d) if taken else self._pair_buffers()
         if kernels is None:
             torch.sub(flat_grad, prev_flat_grad, out=y)
             torch.mul(d, t, out=s)
             ys, yy = y.dot(s), None
-        elif _fits(flat_grad, *old_dirs, *old_stps):
+        elif with_dots:
             # one pass that also takes every dot product the direction needs; the
             # float64 sums rounded to the vectors' dtype, as torch's dots return them
             gram = self._gram if self._gram is not None and self._gram.follows(old_dirs, old_stps) else None
