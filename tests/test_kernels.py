@@ -333,6 +333,31 @@ def test_adafactor_nan_and_inf_propagate_like_the_reference(kwargs, small_grain,
     run_side_by_side("Adafactor", kwargs, dtype, params, grads_at, 4)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d)[6:])
+@pytest.mark.parametrize("kwargs", [dict(), dict(eps=(1e-3, 1e-2)), dict(eps=(0.0, 1e-3), maximize=True)], ids=str)
+def test_adafactor_kernel_update_norm_where_it_factors_and_where_not(kwargs, dtype, small_grain, tensor_cut):
+    """The clip max(1, RMS(u)/d) bites (gradients growing 4× a step: RMS(u) > d = 1), so Σu² shows in the weights.
+
+    The kernel sums Σu² of whole lines from their factors when no root is
+    capped; here every matrix also has a row and a column of zero gradient
+    (an embedding's unseen tokens: their factor is 0, their root capped at
+    1/ε₁, or inf when ε₁ = 0), and a row so small that, with ε₁ = 1e-3, its
+    root passes the cap: Σu² must then come element by element.
+    """
+    params = make_adafactor_params(dtype)
+
+    def grads_at(step):
+        grads = [g * 4.0**step for g in grads_for(params, step)]
+        for g in grads:
+            if g.dim() >= 2 and min(g.shape[-2:]) > 2:
+                g[..., 1, :] = 0
+                g[..., :, 2] = 0
+                g[..., 0, :] *= 1e-4 / 4.0**step
+        return grads
+
+    run_side_by_side("Adafactor", kwargs, dtype, params, grads_at, 4)
+
+
 @pytest.mark.parametrize("how", ["copies", "same tensors, new storage"])
 def test_adafactor_state_replaced_between_steps(how, small_grain):
     """A recalled table takes the state tensors' addresses afresh: factors and variances replaced by copies,

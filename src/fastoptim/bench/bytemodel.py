@@ -85,12 +85,12 @@ BYTE_MODEL: dict[str, Traffic] = {
         "only the elements the sparse grad touches, plus its int64 indices",
     ),
     "Adafactor": Traffic(
-        ("param", "grad", "grad", "param", "grad"),
+        ("param", "grad", "param", "grad"),
         ("param",),
-        ">= 2-D: no weight moves before three reductions over the whole tensor: the row/col sums of grad "
-        "(with the param norm, in the same pass), then the norm of the update, which needs the finished "
-        "row_var/col_var (a second pass over grad), then the step (param and grad again); "
-        "row_var/col_var are O(rows + cols)",
+        ">= 2-D: no weight moves before the param norm and the update norm are known, and the update norm "
+        "needs the finished row_var/col_var: one pass over param and grad for both (a row's new row_var is "
+        "known once its sum is, and its grad^2/row_var per column is summed from cache), then the step "
+        "(param and grad again); row_var/col_var are O(rows + cols)",
     ),
     # the algorithms beyond torch.optim (benched against their reference packages)
     "Lion": Traffic(("param", "grad", "exp_avg"), ("param", "exp_avg"), "one buffer; the update is a sign"),

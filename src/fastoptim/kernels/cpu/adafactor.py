@@ -3,43 +3,51 @@
 A matrix's update needs its whole gradient's row and column means (the
 factored variance), and every update is scaled by the RMS of the parameter
 and clipped by the RMS of the update itself, so no weight can move before
-three reductions are done.  Each tensor goes through four passes (the
-second over its factors only):
+three reductions are done.  Two of them can share a pass: once a whole
+line's Σg² is known so is its new factor R, and the line, still in cache, is
+read again to add g²/R per position; where no element's root is capped,
+u² = g²·r̄/(R·C) makes Σu² = r̄ · Σ_positions (Σ_lines g²/R) / C.  So each
+tensor goes through two passes over its elements, and one over its factors:
 
-1. per chunk segment, Σθ² (of a matrix split over threads: in pass 3,
-   below); for a vector, the EMA of g² (stored) and Σu² (its update needs
-   nothing else); for a matrix, the sums of g² along each line of memory and
-   each position across lines;
+1. per chunk segment, Σθ²; for a vector, the EMA of g² (stored) and Σu²
+   (its update needs nothing else); for a matrix, the sums of g² along each
+   line of memory and each position across lines, and per position Σ g²/R
+   over the segment's whole lines (:func:`_first_pass`);
 2. per matrix, the line and position sums completed, turned into means
    (``norm².div(size)`` as the reference does), the EMAs ``row_var`` /
    ``col_var`` updated and ``r̄ = max(mean(row_var), ε₁)`` formed; then one
    scale per line and per position, so that V̂^(−½) = (r̄/R)^½ · C^(−½) costs
    a product per element instead of a division and a root (the clamp at ε₁²
-   becomes a cap on the root, the reference's own rsqrt of ε₁²);
-3. per segment of every matrix, Σu², u rebuilt element by element from g
-   and the two scales; for a matrix split over threads, Σθ² too, so that θ
-   is read right before pass 4 reads it again (one 8192² tensor: 57 → 55 ms
-   a step; tensors a thread takes whole ran 6 % slower that way, so they keep
-   Σθ² in pass 1);
+   becomes a cap on the root, the reference's own rsqrt of ε₁²); and Σu²
+   from the sums of (1) (:func:`_factored_update_squares`).  A line or
+   position of factor 0 (an embedding's unseen rows: zero gradient) is
+   capped along its length, which the sum takes in; where any other root
+   would reach the cap, or a factor is not finite (a NaN or inf gradient),
+   it answers −1 and
+3. Σu² is summed element by element, u rebuilt from g and the two scales,
+   as the reference forms it -- for such a tensor only; otherwise this pass
+   sums the lines a segment shares with its neighbours (at most two);
 
 then, per tensor, α = max(ε₂, RMS(θ))·ρ and the clip max(1, RMS(u)/d) (in
 float64, as the reference's Python floats), and
 
 4. the weights move: θ ← θ(1 − γλ) − α/clip · u, u rebuilt once more.
 
-A vector reads θ, g and V̂ twice and writes V̂ and θ; a matrix reads θ twice
-and g three times and writes θ: the least traffic that finds both norms before
-any weight moves, for a tensor larger than the caches.
+A vector reads θ, g and V̂ twice and writes V̂ and θ; a matrix reads θ and g
+twice and writes θ: the least traffic that finds both norms before any weight
+moves, for a tensor larger than the caches.  (Σu² summed element by element,
+in a pass of its own, had the matrix read g a third time: one 8192² float32
+step took 55 ms that way.)
 
 A tensor whose θ and g fit in ``_launch.WHOLE_TENSOR_BYTES`` is one thread's
-task: the thread makes all four passes over it back to back, so the last
-three read it from cache (threads take such tensors from a task counter,
-largest first).  On the bench's ``many`` set (148 tensors, all but the
-embedding below the cut) that took the step to 0.69-0.72x the time of
-splitting every tensor.  Larger tensors are split into chunk segments over
-all threads, and each pass runs over all of them before the next starts.
-The pass bodies (:func:`_first_pass`, :func:`_factors`,
-:func:`_update_squares`, :func:`_step_segment`) serve both paths.
+task: the thread makes the passes over it back to back, so the last reads it
+from cache (threads take such tensors from a task counter, largest first).
+On the bench's ``many`` set (148 tensors, all but the embedding below the
+cut) that took the step to 0.69-0.72x the time of splitting every tensor.
+Larger tensors are split into chunk segments over all threads, and each pass
+runs over all of them before the next starts.  The pass bodies
+(:func:`_first_pass`, :func:`_factors`, :func:`_update_squares`,
+:func:`_step_segment`) serve both paths.
 
 The row and column sums are parallel over the same chunks as everything
 else.  A matrix is walked in memory order, line by line (a line is a row, or
@@ -54,7 +62,9 @@ lines long, so those slots cost at most a few per cent of the traffic.  The
 sums are taken in float64 in the kernel's own order, not torch's, of squares
 rounded as torch's (so they overflow where torch's do), and V̂^(−½) is
 factored as above: the factors -- and through them the weights -- agree with
-the reference rule to rounding (a few units in the last place of u).
+the reference rule to rounding (a few units in the last place of u).  Σu²
+from (2) sums r̄·g²/(R·C), u² of unrounded scales: the clip agrees to
+rounding too.
 
 Each pass body follows the reference rule section by section (same
 comments); ``rounded`` marks where the reference materialises an
@@ -89,7 +99,6 @@ from ._launch import (
     column,
     columns,
     decoupled_gradient,
-    from_the_end,
     gather,
     helper,
     kernel,
@@ -258,6 +267,35 @@ def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
 
 
 @numba.njit(inline="always")
+def _block_weighted_sums(table, t, k, inner, weighted, weights, witness):
+    """Σ g²/R of the same ``BLOCK`` lines (``weights``: their 1/R), added to ``weighted`` per position; they are still in cache."""
+    g0 = column(table, t, GRAD, k, inner, witness)
+    g1 = column(table, t, GRAD, k + inner, inner, witness)
+    g2 = column(table, t, GRAD, k + 2 * inner, inner, witness)
+    g3 = column(table, t, GRAD, k + 3 * inner, inner, witness)
+    w0, w1, w2, w3 = weights
+    for i in range(inner):
+        weighted[i] += (_square(load(g0, i)) * w0 + _square(load(g1, i)) * w1) + (
+            _square(load(g2, i)) * w2 + _square(load(g3, i)) * w3
+        )
+
+
+@numba.njit(inline="always")
+def _new_factor(old, total, size, w, one, witness):
+    """A factor's new value, ``lerp(old, norm(g, dim)².div(size), t^τ)``, from the Σg² along ``dim`` (as pass 2 writes it)."""
+    return rounded(lerp(old, _mean_square(total, size, witness), w, one), witness)
+
+
+@numba.njit(inline="always")
+def _line_weight(line_var, line, total, inner, w, one, witness):
+    """``(1/R, 0)`` for a whole line of new factor R > 0, else ``(0, Σg²)``: its u is g·ε₁^(−1) (capped), or pass 2 finds the factors unfit."""
+    var = np.float64(_new_factor(load(line_var, line), total, inner, w, one, witness))
+    if var > 0:
+        return 1.0 / var, 0.0
+    return 0.0, total
+
+
+@numba.njit(inline="always")
 def _sharing(segments, s, t, end):
     """One past the last segment, from ``s`` on, that holds elements of tensor ``t`` before element ``end``."""
     s2 = s
@@ -297,13 +335,12 @@ def _weight_square(i, args):
 
 @numba.njit(inline="always")
 def _update_square(i, args):
-    """uᵢ² of a run of one line of a matrix, u = V̂^(-1/2)·G from the line's scale and the positions' (a term of Σu²), and θᵢ² if ``weights_too``."""
-    grads, params, scale, scales, cap, maximize, weights_too, witness = args
+    """uᵢ² of a run of one line of a matrix, u = V̂^(-1/2)·G from the line's scale and the positions' (a term of Σu²)."""
+    grads, scale, scales, cap, maximize, witness = args
     g = load(grads, i)
     if maximize:
         g = -g
-    u = _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness))
-    return u, (_square(load(params, i)) if weights_too else 0.0)
+    return _square(rounded(_factored_root(scale, scales[i], cap, witness) * g, witness)), 0.0
 
 
 @numba.njit(inline="always")
@@ -315,22 +352,25 @@ def _move(param, grad, i, root, maximize, decays, keep, step, witness):
 
 
 @_segment_pass
-def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, line_at, pos_at, slots, line_part, weights_now, witness):
-    """Pass 1 over elements ``lo .. lo+n`` of tensor ``t``: returns ``(Σθ², Σu²)``.
+def _first_pass(table, t, lo, n, w, one, var_floor, cap, maximize, sums, slots, line_part, witness):
+    """Pass 1 over elements ``lo .. lo+n`` of tensor ``t``: returns ``(Σθ², Σu²)``, for a matrix Σu² of its capped lines only.
 
-    Σθ² of a matrix only if ``weights_now`` (else 0: :func:`_update_squares` takes it).
-
-    A vector's V̂ is updated here, and its Σu² summed; a matrix's g² is summed
-    along its lines (into ``line_sq``) and across them (into ``pos_sq``), its
-    Σu² is left to :func:`_update_squares`.  What the segment holds of a line
-    or matrix it shares with other segments goes to ``line_part`` (its two
-    partial lines) and ``slots`` (its two partial matrices' positions).
+    A vector's V̂ is updated here, and its Σu² summed.  A matrix's g² is
+    summed along its lines (into ``line_sq``) and across them (into
+    ``pos_sq``); once a whole line's sum is known, so is its new factor R,
+    and the line -- still in cache -- is read once more to add g²/R per
+    position (into ``pos_wsq``), from which pass 2 gets Σu² (see
+    :func:`_factored_update_squares`).  A line whose new R is 0 is capped:
+    its u is g·ε₁^(−1), its Σu² is returned.  What the segment holds of a
+    line or matrix it shares with other segments goes to ``line_part`` (its
+    two partial lines) and ``slots`` (its two partial matrices' positions,
+    plain sums then weighted ones); its partial lines' Σu² is left to
+    :func:`_update_squares`.
     """
+    line_sq, pos_sq, pos_wsq, line_at, pos_at = sums
     param = column(table, t, PARAM, lo, n, witness)
     grad = column(table, t, GRAD, lo, n, witness)
-    weights = 0.0
-    if weights_now or table[t, FLAG] == VECTOR:
-        weights, _ = quartered_sums(_weight_square, n, (param, witness))
+    weights, _ = quartered_sums(_weight_square, n, (param, witness))
     if table[t, FLAG] == VECTOR:
         variance = column(table, t, VARIANCE, lo, n, witness)
         updates = 0.0
@@ -348,63 +388,125 @@ def _first_pass(table, t, lo, n, w, one, var_floor, maximize, line_sq, pos_sq, l
         return weights, updates
     lines, inner = table[t, LINES], table[t, INNER]
     size = lines * inner
+    line_var = column(table, t, LINE_VAR, 0, table[t, NUMEL] // inner, witness)
     line_first, _, _, _ = _ends(lo, n, inner)
     head, head_partial, tail, tail_partial = _ends(lo, n, size)
     for j in range(inner):
         if head_partial:
             slots[j] = 0.0
+            slots[2 * inner + j] = 0.0
         if tail_partial:
             slots[inner + j] = 0.0
+            slots[3 * inner + j] = 0.0
+    capped = 0.0
     k = lo
     while k < lo + n:
         line, offset, m, b = _piece(k, lo + n, inner, lines)
         grads = column(table, t, GRAD, k, m, witness)
-        # a matrix held whole sums its positions in place; a partial one, in this segment's slot
+        # a matrix held whole sums its positions in place; a partial one, in this segment's slots
         if b == head and head_partial:
-            sums = slots[offset : offset + m]
+            position_sums = slots[offset : offset + m]
+            weighted_sums = slots[2 * inner + offset : 2 * inner + offset + m]
         elif b == tail and tail_partial:
-            sums = slots[inner + offset : inner + offset + m]
+            position_sums = slots[inner + offset : inner + offset + m]
+            weighted_sums = slots[3 * inner + offset : 3 * inner + offset + m]
         else:
-            whole = pos_sq[pos_at[t] + b * inner : pos_at[t] + (b + 1) * inner]
+            start = pos_at[t] + b * inner
             if k == b * size:
                 for j in range(inner):
-                    whole[j] = 0.0
-            sums = whole[offset : offset + m]
+                    pos_sq[start + j] = 0.0
+                    pos_wsq[start + j] = 0.0
+            position_sums = pos_sq[start + offset : start + offset + m]
+            weighted_sums = pos_wsq[start + offset : start + offset + m]
         if m == inner and k + BLOCK * inner <= lo + n and (line + BLOCK - 1) // lines == b:
             # BLOCK whole lines of one matrix at once: the position sums are read and written once for all
-            _block_square_sums(table, t, k, inner, sums, line_sq[line_at[t] + line : line_at[t] + line + BLOCK], witness)
+            totals = line_sq[line_at[t] + line : line_at[t] + line + BLOCK]
+            _block_square_sums(table, t, k, inner, position_sums, totals, witness)
+            w0, c0 = _line_weight(line_var, line, totals[0], inner, w, one, witness)
+            w1, c1 = _line_weight(line_var, line + 1, totals[1], inner, w, one, witness)
+            w2, c2 = _line_weight(line_var, line + 2, totals[2], inner, w, one, witness)
+            w3, c3 = _line_weight(line_var, line + 3, totals[3], inner, w, one, witness)
+            capped += (c0 + c1) + (c2 + c3)
+            _block_weighted_sums(table, t, k, inner, weighted_sums, (w0, w1, w2, w3), witness)
             k += BLOCK * inner
             continue
         total = 0.0
         for i in range(m):
             square = _square(load(grads, i))
             total += square
-            sums[i] += square
+            position_sums[i] += square
         if m == inner:
             line_sq[line_at[t] + line] = total
+            weight, lost = _line_weight(line_var, line, total, inner, w, one, witness)
+            capped += lost
+            for i in range(m):
+                weighted_sums[i] += _square(load(grads, i)) * weight
         elif line == line_first:
             line_part[0] = total
         else:
             line_part[1] = total
         k += m
-    return weights, 0.0
+    return weights, capped * np.float64(cap) * np.float64(cap)
+
+
+@numba.njit(inline="always")
+def _factored_update_squares(line_var, line_scale, pos_var, pos_scale, pos_sums, weighted, row_mean, cap, witness):
+    """Σu² of a matrix's whole lines not capped (u = V̂^(−½)·G) from pass 1's Σ g²/R per position, or −1 where that would not be u's.
+
+    Where no element's root is capped, u² = g²·r̄/(R·C) factors:
+    Σu² = r̄ · Σ_positions (Σ_lines g²/R) / C, with no pass of its own.  A
+    position of C = 0 is capped along its whole length (adding ε₁^(−2)·Σg²),
+    as pass 1 took the lines of R = 0.  The rest must not reach the cap --
+    the largest line scale times the largest position scale, rounded as
+    :func:`_factored_root` rounds, is at most ``cap`` -- and every factor must
+    be finite (a NaN or inf gradient is then summed element by element, as
+    the reference does).  The sum is the reference's to rounding: its terms
+    are u² from the unrounded scales.
+    """
+    if not (row_mean > 0 and row_mean < np.inf):
+        return -1.0
+    top_line = scalar(0.0, witness)
+    for j in range(line_var.shape[0]):
+        v = load(line_var, j)
+        if not (v >= 0 and v < np.inf):
+            return -1.0
+        if v > 0 and not line_scale[j] <= top_line:
+            top_line = line_scale[j]
+    top_position = scalar(0.0, witness)
+    spread = 0.0
+    capped = 0.0
+    for j in range(pos_var.shape[0]):
+        v = load(pos_var, j)
+        if not (v >= 0 and v < np.inf):
+            return -1.0
+        if v == 0:
+            capped += pos_sums[j]
+        else:
+            if not pos_scale[j] <= top_position:
+                top_position = pos_scale[j]
+            spread += weighted[j] / np.float64(v)
+    if not rounded(top_line * top_position, witness) <= cap:
+        return -1.0
+    return np.float64(row_mean) * spread + capped * np.float64(cap) * np.float64(cap)
 
 
 @_segment_pass
-def _factors(table, t, b, line_sums, pos_sums, w, one, row_floor, line_scale, pos_scale, witness):
-    """Pass 2 for matrix ``b`` of tensor ``t``, from its finished Σg² along and across lines.
+def _factors(table, t, b, line_sums, pos_sums, weighted, w, one, row_floor, cap, line_scale, pos_scale, witness):
+    """Pass 2 for matrix ``b`` of tensor ``t``, from its finished Σg² along and across lines, and Σ g²/R per position.
 
     Updates the factors and writes one scale per line and per position
-    (``line_scale``, ``pos_scale``: this matrix's slices).
+    (``line_scale``, ``pos_scale``: this matrix's slices).  Returns the Σu²
+    of its whole lines but capped ones (:func:`_factored_update_squares`),
+    or −1: then pass 3 sums the tensor's Σu² element by element.
     """
     lines, inner = table[t, LINES], table[t, INNER]
     # R ← lerp(R, mean_cols G², t^τ);  C ← lerp(C, mean_rows G², t^τ)
     line_var = column(table, t, LINE_VAR, b * lines, lines, witness)
     for j in range(lines):
-        store(line_var, j, rounded(lerp(load(line_var, j), _mean_square(line_sums[j], inner, witness), w, one), witness))
+        store(line_var, j, _new_factor(load(line_var, j), line_sums[j], inner, w, one, witness))
     pos_var = column(table, t, POS_VAR, b * inner, inner, witness)
     for j in range(inner):
-        store(pos_var, j, rounded(lerp(load(pos_var, j), _mean_square(pos_sums[j], lines, witness), w, one), witness))
+        store(pos_var, j, _new_factor(load(pos_var, j), pos_sums[j], lines, w, one, witness))
     # r̄ ← max(mean_rows R, ε₁)  (R lies along the lines, or across them when transposed)
     row_var = pos_var if table[t, FLAG] == TRANSPOSED else line_var
     total = 0.0
@@ -418,26 +520,25 @@ def _factors(table, t, b, line_sums, pos_sums, w, one, row_floor, line_scale, po
         line_scale[j] = scalar(np.sqrt(np.float64(row_mean) / np.float64(load(line_var, j))), witness)
     for j in range(inner):
         pos_scale[j] = scalar(1.0 / np.sqrt(np.float64(load(pos_var, j))), witness)
+    return _factored_update_squares(line_var, line_scale, pos_var, pos_scale, pos_sums, weighted, row_mean, cap, witness)
 
 
 @_segment_pass
-def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, weights_too, witness):
-    """Pass 3: ``(Σθ², Σu²)`` over elements ``lo .. lo+n`` of matrix tensor ``t``, u from the new factors' scales (Σθ² only if ``weights_too``, else 0)."""
+def _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, partial_only, witness):
+    """Pass 3: Σu² over elements ``lo .. lo+n`` of matrix tensor ``t``, u from the new factors' scales (of its partial lines only, if ``partial_only``)."""
     lines, inner = table[t, LINES], table[t, INNER]
     updates = 0.0
-    weights = 0.0
     k = lo
     while k < lo + n:
         line, offset, m, b = _piece(k, lo + n, inner, lines)
-        grads = column(table, t, GRAD, k, m, witness)
-        params = column(table, t, PARAM, k, m, witness)
-        scale = line_scale[line_at[t] + line]
-        scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
-        u, w = quartered_sums(_update_square, m, (grads, params, scale, scales, cap, maximize, weights_too, witness))
-        updates += u
-        weights += w
+        if m < inner or not partial_only:
+            grads = column(table, t, GRAD, k, m, witness)
+            scale = line_scale[line_at[t] + line]
+            scales = pos_scale[pos_at[t] + b * inner + offset : pos_at[t] + b * inner + offset + m]
+            u, _ = quartered_sums(_update_square, m, (grads, scale, scales, cap, maximize, witness))
+            updates += u
         k += m
-    return weights, updates
+    return updates
 
 
 @_segment_pass
@@ -495,13 +596,15 @@ def _adafactor_kernel(table, hyper, witness, grain):
         pos_at[t + 1] = pos_at[t] + _matrices(table, t) * table[t, INNER]
     line_sq = np.empty(line_at[count], np.float64)
     pos_sq = np.empty(pos_at[count], np.float64)
+    pos_wsq = np.empty(pos_at[count], np.float64)  # Σ g²/R per position (whole lines)
+    sums = (line_sq, pos_sq, pos_wsq, line_at, pos_at)
     line_scale = _empty(line_at[count], witness)
     pos_scale = _empty(pos_at[count], witness)
     whole, rest = split_by_size(table, np.int64(hyper[8]))
     unshared = np.empty(2, np.float64)  # a whole tensor has no partial line or matrix: never written
 
-    # Tensors that fit in cache: one thread each (largest first, to whichever thread is free), the four
-    # passes back to back (the last three read from cache).
+    # Tensors that fit in cache: one thread each (largest first, to whichever thread is free), the passes
+    # back to back (the last reads from cache).
     tasks = task_counter()
     for _ in prange(thread_count()):
         j = next_task(tasks)
@@ -509,18 +612,21 @@ def _adafactor_kernel(table, hyper, witness, grain):
             t = whole[j]
             n = table[t, NUMEL]
             weights, updates = _first_pass(
-                table, t, 0, n, scalar(lerp_weights[t], witness), one, var_floor, maximize,
-                line_sq, pos_sq, line_at, pos_at, pos_sq[:0], unshared, True, witness,
+                table, t, 0, n, scalar(lerp_weights[t], witness), one, var_floor, cap, maximize, sums, pos_sq[:0], unshared, witness
             )  # fmt: skip
             if table[t, FLAG] != VECTOR:
                 lines, inner = table[t, LINES], table[t, INNER]
+                factored = True
                 for b in range(_matrices(table, t)):
                     at, pat = line_at[t] + b * lines, pos_at[t] + b * inner
-                    _factors(
-                        table, t, b, line_sq[at : at + lines], pos_sq[pat : pat + inner], scalar(lerp_weights[t], witness),
-                        one, row_floor, line_scale[at : at + lines], pos_scale[pat : pat + inner], witness,
+                    squares = _factors(
+                        table, t, b, line_sq[at : at + lines], pos_sq[pat : pat + inner], pos_wsq[pat : pat + inner],
+                        scalar(lerp_weights[t], witness), one, row_floor, cap, line_scale[at : at + lines], pos_scale[pat : pat + inner], witness,
                     )  # fmt: skip
-                _, updates = _update_squares(table, t, 0, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, False, witness)
+                    factored = factored and squares >= 0
+                    updates += squares
+                if not factored:
+                    updates = _update_squares(table, t, 0, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, False, witness)
             step = add_scalar(_step_scale(n, steps[t], weights, updates, lr, lr_f32, eps2, d, witness), witness)
             _step_segment(table, t, 0, n, step, line_scale, pos_scale, line_at, pos_at, var_floor, cap, maximize, decays, keep, witness)
             j = next_task(tasks)
@@ -532,17 +638,17 @@ def _adafactor_kernel(table, hyper, witness, grain):
             widest = max(widest, table[t, INNER])
     segments, starts = plan_rows(table, rest, max(grain, LINES_PER_CHUNK * widest))
     nseg = segments.shape[0]
-    # each matrix segment's slots: the positions of a partial matrix at either end
+    # each matrix segment's slots: the positions of a partial matrix at either end, plain sums then weighted
     slot_at = np.empty(nseg + 1, np.int64)
     slot_at[0] = 0
     for s in range(nseg):
         t = segments[s, 0]
-        slot_at[s + 1] = slot_at[s] + (2 * table[t, INNER] if table[t, FLAG] != VECTOR else 0)
+        slot_at[s + 1] = slot_at[s] + (4 * table[t, INNER] if table[t, FLAG] != VECTOR else 0)
     line_part = np.empty((nseg, 2), np.float64)
     pos_part = np.empty(slot_at[nseg], np.float64)
     partial = np.empty((nseg, 2), np.float64)
 
-    # pass 1: vectors: Σθ², V̂ and Σu²; matrices: Σg² along lines and across them
+    # pass 1: Σθ²; vectors: V̂ and Σu²; matrices: Σg² along lines and across them, Σ g²/R across them
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
@@ -550,12 +656,13 @@ def _adafactor_kernel(table, hyper, witness, grain):
             for s in range(starts[c], starts[c + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
                 partial[s, 0], partial[s, 1] = _first_pass(
-                    table, t, lo, n, scalar(lerp_weights[t], witness), one, var_floor, maximize,
-                    line_sq, pos_sq, line_at, pos_at, pos_part[slot_at[s] : slot_at[s + 1]], line_part[s], False, witness,
+                    table, t, lo, n, scalar(lerp_weights[t], witness), one, var_floor, cap, maximize,
+                    sums, pos_part[slot_at[s] : slot_at[s + 1]], line_part[s], witness,
                 )  # fmt: skip
             c = next_task(tasks)
 
-    # pass 2: per matrix (taken by the segment holding its first element)
+    # pass 2: per matrix (taken by the segment holding its first element); its Σu² but of partial lines, or −1
+    factored_squares = np.empty(line_at[count], np.float64)  # at the matrix's first line
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
@@ -570,10 +677,12 @@ def _adafactor_kernel(table, hyper, witness, grain):
                     at, pat = line_at[t] + b * lines, pos_at[t] + b * inner
                     line_sums = line_sq[at : at + lines]
                     pos_sums = pos_sq[pat : pat + inner]
+                    weighted = pos_wsq[pat : pat + inner]
                     if (b + 1) * size > lo + n:
                         # shared with the next segments: the sums of the lines and positions they hold part of
                         for j in range(inner):
                             pos_sums[j] = 0.0
+                            weighted[j] = 0.0
                         for s2 in range(s, _sharing(segments, s, t, (b + 1) * size)):
                             first, first_partial, last, last_partial = _ends(segments[s2, 1], segments[s2, 2], inner)
                             if first_partial and first // lines == b:
@@ -591,33 +700,48 @@ def _adafactor_kernel(table, hyper, witness, grain):
                             if head_partial and head == b:
                                 for j in range(inner):
                                     pos_sums[j] += slots[j]
+                                    weighted[j] += slots[2 * inner + j]
                             if tail_partial and tail == b:
                                 for j in range(inner):
                                     pos_sums[j] += slots[inner + j]
-                    _factors(
-                        table, t, b, line_sums, pos_sums, scalar(lerp_weights[t], witness), one, row_floor,
+                                    weighted[j] += slots[3 * inner + j]
+                    factored_squares[at] = _factors(
+                        table, t, b, line_sums, pos_sums, weighted, scalar(lerp_weights[t], witness), one, row_floor, cap,
                         line_scale[at : at + lines], pos_scale[pat : pat + inner], witness,
                     )  # fmt: skip
             c = next_task(tasks)
 
-    # pass 3: Σθ² and Σu² of every matrix, u from the new factors (last chunk first: pass 1 read it last,
-    # and pass 4 then starts where this pass ends)
+    # per matrix tensor: the Σu² pass 2 found, or −1 if a matrix of it left Σu² to pass 3
+    factored = np.empty(count, np.float64)
+    for t in rest:
+        lines = table[t, LINES]
+        factored[t] = 0.0
+        for b in range(_matrices(table, t)):
+            squares = factored_squares[line_at[t] + b * lines]
+            factored[t] = -1.0 if factored[t] < 0 or squares < 0 else factored[t] + squares
+
+    # pass 3: the Σu² of every partial line, or of every element of a matrix left to it
     tasks = task_counter()
     for _ in prange(thread_count()):
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
-            k = from_the_end(starts, c)
-            for s in range(starts[k], starts[k + 1]):
+            for s in range(starts[c], starts[c + 1]):
                 t, lo, n = segments[s, 0], segments[s, 1], segments[s, 2]
-                if table[t, FLAG] != VECTOR:
-                    partial[s, 0], partial[s, 1] = _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, True, witness)
+                if table[t, FLAG] == VECTOR:
+                    continue
+                if factored[t] >= 0:
+                    partial[s, 1] += _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, True, witness)
+                else:
+                    partial[s, 1] = _update_squares(table, t, lo, n, line_scale, pos_scale, line_at, pos_at, cap, maximize, False, witness)
             c = next_task(tasks)
 
     # α/clip per tensor
-    sums = tensor_sums(partial, segments, count)
+    totals = tensor_sums(partial, segments, count)
     step_scales = np.empty(count, np.float64)
     for t in rest:
-        step_scales[t] = _step_scale(table[t, NUMEL], steps[t], sums[t, 0], sums[t, 1], lr, lr_f32, eps2, d, witness)
+        if factored[t] > 0:
+            totals[t, 1] += factored[t]
+        step_scales[t] = _step_scale(table[t, NUMEL], steps[t], totals[t, 0], totals[t, 1], lr, lr_f32, eps2, d, witness)
 
     # pass 4: θ ← θ(1 − γλ) − α/clip · u
     tasks = task_counter()
@@ -793,6 +917,6 @@ def run_(gathered, options: dict) -> None:
         0.0,  # the elements of the largest tensor one thread takes whole (per batch)
     ]
     for batch in gathered.batches.values():
-        # passes 3 and 4 read g, then θ and g, again
+        # pass 4 reads θ and g again
         hyper[-1] = whole_tensor_limit(2, batch.witness.itemsize)
         launch(_adafactor_kernel, batch, hyper)
