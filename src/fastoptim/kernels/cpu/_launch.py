@@ -335,31 +335,39 @@ def thread_count(typingctx):
     return sig, codegen
 
 
-@intrinsic
-def vector_width_hint(typingctx):
-    """Ask LLVM for SIMD loops no wider than :data:`_cache.VECTOR_BITS` in the function being compiled.
+def _width_hint(bits_of):
+    """An intrinsic that sets LLVM's ``prefer-vector-width`` attribute, to ``bits_of()`` bits, on the function it is compiled into.
 
-    It sets the ``prefer-vector-width`` attribute of the LLVM function the
-    call is lowered into -- called first thing in a ``prange`` body, numba's
-    outlined loop function -- which the loop vectoriser reads.  llvmlite lists
-    no string attributes, so the attribute goes into its set directly; should
-    that ever fail, the loops keep LLVM's own width (same results, other speed).
-
-    Only the kernels it made faster call it: SGD, ASGD and Adam (AdamW; its
-    gain is at the edge of the noise).  It made the kernels with a square root
-    and a division per element, or float64 sums beside float32 loads (LAMB: 4
-    lanes instead of 8), slower.  The paired measurements, with their A/A
-    baseline: docs/kernels.md, "Vector width".
+    The attribute is read by the loop vectoriser.  llvmlite lists no string
+    attributes, so it goes into its set directly; should that ever fail, the
+    loops keep LLVM's own width (same results, other speed).  ``bits_of()``
+    of 0 sets nothing.
     """
-    sig = types.void()
 
-    def codegen(context, builder, signature, args):
-        if _cache.VECTOR_BITS:
-            with contextlib.suppress(Exception):
-                set.add(builder.function.attributes, f'"prefer-vector-width"="{_cache.VECTOR_BITS}"')
-        return context.get_dummy_value()
+    @intrinsic
+    def hint(typingctx):
+        def codegen(context, builder, signature, args):
+            bits = bits_of()
+            if bits:
+                with contextlib.suppress(Exception):
+                    set.add(builder.function.attributes, f'"prefer-vector-width"="{bits}"')
+            return context.get_dummy_value()
 
-    return sig, codegen
+        return types.void(), codegen
+
+    return hint
+
+
+#: Ask LLVM for SIMD loops no wider than :data:`_cache.VECTOR_BITS` (256) in the function being compiled.
+#: Called first thing in a ``prange`` body (numba's outlined loop function).  Only the kernels it made
+#: faster call it: SGD, ASGD and Adam (AdamW; its gain is at the edge of the noise).  It made the kernels
+#: with a square root and a division per element, or float64 sums beside float32 loads (LAMB: 4 lanes
+#: instead of 8), slower.  The paired measurements, with their A/A baseline: docs/kernels.md, "Vector width".
+vector_width_hint = _width_hint(lambda: _cache.VECTOR_BITS)
+
+#: Ask for 512-bit loops (:data:`_cache.WIDE_VECTOR_BITS`): kernels whose loops do more arithmetic than
+#: they move bytes, which LLVM would give 256-bit loops on Intel's AVX-512 CPUs (docs/kernels.md, "Vector width").
+wide_vector_hint = _width_hint(lambda: _cache.WIDE_VECTOR_BITS)
 
 
 @numba.njit(inline="always")
