@@ -365,8 +365,9 @@ def _width_hint(bits_of):
 #: instead of 8), slower.  The paired measurements, with their A/A baseline: docs/kernels.md, "Vector width".
 vector_width_hint = _width_hint(lambda: _cache.VECTOR_BITS)
 
-#: Ask for 512-bit loops (:data:`_cache.WIDE_VECTOR_BITS`): kernels whose loops do more arithmetic than
-#: they move bytes, which LLVM would give 256-bit loops on Intel's AVX-512 CPUs (docs/kernels.md, "Vector width").
+#: Ask for 512-bit loops (:data:`_cache.WIDE_VECTOR_BITS`): Adafactor, LARS and LAMB, whose norms sum
+#: float64 beside float32 loads, and which LLVM would give 256-bit loops on Intel's AVX-512 CPUs
+#: (docs/kernels.md, "Vector width").
 wide_vector_hint = _width_hint(lambda: _cache.WIDE_VECTOR_BITS)
 
 

@@ -56,6 +56,7 @@ from ._launch import (
     tensor_sums,
     thread_count,
     whole_tensor_limit,
+    wide_vector_hint,
     zeros,
 )
 
@@ -156,6 +157,7 @@ def _lamb_kernel(table, hyper, witness, grain):
     # Tensors that fit in cache: one thread each (largest first, to whichever thread is free), both passes back to back.
     tasks = task_counter()
     for _ in prange(thread_count()):
+        wide_vector_hint()
         j = next_task(tasks)
         while j < whole.shape[0]:
             t = whole[j]
@@ -168,6 +170,7 @@ def _lamb_kernel(table, hyper, witness, grain):
     partial = zeros(segments.shape[0], 2)
     tasks = task_counter()
     for _ in prange(thread_count()):
+        wide_vector_hint()
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
             for s in range(starts[c], starts[c + 1]):
@@ -181,6 +184,7 @@ def _lamb_kernel(table, hyper, witness, grain):
     # pass 2, last chunk first: pass 1 read it last
     tasks = task_counter()
     for _ in prange(thread_count()):
+        wide_vector_hint()
         c = next_task(tasks)
         while c < starts.shape[0] - 1:
             k = from_the_end(starts, c)
