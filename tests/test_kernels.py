@@ -262,8 +262,9 @@ def make_adafactor_params(dtype, seed=0, wide=False):
     Narrow: every line of memory at most 15 elements, so chunks of TEST_GRAIN
     elements split lines, matrices and batches at odd places.  Wide: lines of
     hundreds to thousands of elements, whose chunks the kernel makes at least
-    64 lines long; vectors filling most of a chunk first, so that a line, and
-    a batch of matrices, still straddle chunks.
+    ``LINES_PER_CHUNK`` lines of the widest (3000) long; vectors filling most
+    of a chunk first, so that a line, and a batch of matrices, still straddle
+    chunks.
     """
     gen = torch.Generator().manual_seed(seed)
 
@@ -271,7 +272,10 @@ def make_adafactor_params(dtype, seed=0, wide=False):
         return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
 
     if wide:
-        values = [randn(190_000), randn(3, 2, 900), randn(186_000), randn(1, 3000), randn(5, 700).t(), randn(700, 5).t()]
+        from fastoptim.kernels.cpu.adafactor import LINES_PER_CHUNK
+
+        chunk = LINES_PER_CHUNK * 3000
+        values = [randn(chunk - 2000), randn(3, 2, 900), randn(chunk - 6000), randn(1, 3000), randn(5, 700).t(), randn(700, 5).t()]
     else:
         values = [randn(), randn(1), randn(7), randn(33, 3), randn(7, 5).t(), randn(TEST_GRAIN * 2 + 37), randn(400, 9)]
         values += [randn(400, 9).t(), randn(50, 7, 5), randn(4, 6, 5).transpose(-1, -2), randn(3000, 1), randn(1, 15)]
