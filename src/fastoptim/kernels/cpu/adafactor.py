@@ -252,12 +252,20 @@ def _ends(lo, n, size):
 
 
 @numba.njit(inline="always")
+def _block_lines(table, t, k, inner, witness):
+    """The gradient of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``, one view per line."""
+    return (
+        column(table, t, GRAD, k, inner, witness),
+        column(table, t, GRAD, k + inner, inner, witness),
+        column(table, t, GRAD, k + 2 * inner, inner, witness),
+        column(table, t, GRAD, k + 3 * inner, inner, witness),
+    )
+
+
+@numba.njit(inline="always")
 def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
     """Σg² of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``: into ``line_sums``, and added to ``sums`` (per position)."""
-    g0 = column(table, t, GRAD, k, inner, witness)
-    g1 = column(table, t, GRAD, k + inner, inner, witness)
-    g2 = column(table, t, GRAD, k + 2 * inner, inner, witness)
-    g3 = column(table, t, GRAD, k + 3 * inner, inner, witness)
+    g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
     t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
     for i in range(inner):
         s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
@@ -272,10 +280,7 @@ def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
 @numba.njit(inline="always")
 def _block_weighted_sums(table, t, k, inner, weighted, weights, witness):
     """Σ g²/R of the same ``BLOCK`` lines (``weights``: their 1/R), added to ``weighted`` per position; they are still in cache."""
-    g0 = column(table, t, GRAD, k, inner, witness)
-    g1 = column(table, t, GRAD, k + inner, inner, witness)
-    g2 = column(table, t, GRAD, k + 2 * inner, inner, witness)
-    g3 = column(table, t, GRAD, k + 3 * inner, inner, witness)
+    g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
     w0, w1, w2, w3 = weights
     for i in range(inner):
         weighted[i] += (_square(load(g0, i)) * w0 + _square(load(g1, i)) * w1) + (
