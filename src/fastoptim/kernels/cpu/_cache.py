@@ -109,7 +109,7 @@ VECTOR_BITS = _vector_bits(os.environ.get("FASTOPTIM_VECTOR_BITS"))
 #: (``_launch.wide_vector_hint``): 512 bits, the widest any x86 CPU has.  LLVM tunes
 #: Intel's AVX-512 Xeons for 256-bit loops; with 512-bit ones, on such a VM, Adafactor's
 #: passes (float64 sums beside float32 loads, a product and a cap per element) ran
-#: 8-12 % faster, LARS's and LAMB's 1 % on one 8192² tensor and 9 % / 4 % on the bench's
+#: 8-13 % faster, LARS's and LAMB's 1 % on one 8192² tensor and 9 % / 5 % on the bench's
 #: ``many`` set, whose tensors each stay in one thread's cache.  On Zen 4 it is LLVM's
 #: own choice, and a CPU without AVX-512 keeps its widest.  ``FASTOPTIM_VECTOR_BITS=0``
 #: (LLVM's width everywhere) drops it too.
