@@ -68,6 +68,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..kernels.memory import flat_buffer
 from ..optimizer import Optimizer
 from ._line_search import strong_wolfe
 from ._rules import as_scalar
@@ -298,7 +299,7 @@ class LBFGS(Optimizer):
         # from the parameters themselves, not self._layout: under torch.compile an
         # attribute set in this step may not be visible yet after a graph break
         dtype, device, shapes, _ = self._flat_layout()
-        return _Flat(torch.empty(self._numel(), dtype=dtype, device=device), shapes)
+        return _Flat(flat_buffer(self._numel(), dtype, device), shapes)
 
     def _flat_around(self, flat: Tensor) -> _Flat:
         """An own flat tensor (a curvature vector leaving the history) as a buffer with its views."""
