@@ -4,7 +4,8 @@
         PYTHONPATH=<a checkout>/src python tools/step_time.py Adafactor big [--steps 20]
 
 The parameters and gradients are the bench's (``fastoptim.bench.paramsets``),
-the constructor options its ``BENCH_OPTIONS`` (L-BFGS's closure too); three
+the optimizer built as the bench builds fastoptim's (its options, L-BFGS's
+closure, Schedule-Free's ``train()``); three
 steps warm up, then ``--steps`` are timed one by one and the median printed
 in ms.  For an A/B of two versions of a kernel, run it on two ``git archive``s
 alternately, each with its own ``FASTOPTIM_CACHE_DIR``: much quicker than
@@ -20,7 +21,6 @@ import time
 
 import torch  # noqa: F401  (imported before fastoptim, as a user would)
 
-import fastoptim
 from fastoptim.bench import paramsets, variants
 
 
@@ -35,7 +35,8 @@ def main() -> None:
     for p, g in zip(params, built.grads):
         p.grad = g.clone()
     closure = variants.closure_for(args.algorithm, params)
-    optimizer = getattr(fastoptim, args.algorithm)(params, **variants.BENCH_OPTIONS.get(args.algorithm, {}))
+    (ours,) = [v for v in variants.variants_for(args.algorithm)[0] if v.library == "fastoptim"]
+    optimizer = ours.make(params)  # the bench's own constructor: its options, Schedule-Free's train()
 
     def step() -> None:
         optimizer.step(closure) if closure else optimizer.step()

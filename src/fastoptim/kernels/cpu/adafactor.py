@@ -295,6 +295,12 @@ def _new_factor(old, total, size, w, one, witness):
 
 
 @numba.njit(inline="always")
+def _capped_squares(total, cap):
+    """Σu² of elements whose root is capped: u = g·``cap``, from their Σg²."""
+    return total * np.float64(cap) * np.float64(cap)
+
+
+@numba.njit(inline="always")
 def _line_weight(line_var, line, total, inner, w, one, witness):
     """``(1/R, 0)`` for a whole line of new factor R > 0, else ``(0, Σg²)``: its u is g·ε₁^(−1) (capped), or pass 2 finds the factors unfit."""
     var = np.float64(_new_factor(load(line_var, line), total, inner, w, one, witness))
@@ -457,7 +463,7 @@ def _first_pass(table, t, lo, n, w, one, var_floor, cap, maximize, sums, slots, 
         else:
             line_part[1] = total
         k += m
-    return weights, capped * np.float64(cap) * np.float64(cap)
+    return weights, _capped_squares(capped, cap)
 
 
 @numba.njit(inline="always")
@@ -498,7 +504,7 @@ def _factored_update_squares(line_var, line_scale, pos_var, pos_scale, pos_sums,
             spread += weighted[j] / np.float64(v)
     if not rounded(top_line * top_position, witness) <= cap:
         return -1.0
-    return np.float64(row_mean) * spread + capped * np.float64(cap) * np.float64(cap)
+    return np.float64(row_mean) * spread + _capped_squares(capped, cap)
 
 
 @_segment_pass
