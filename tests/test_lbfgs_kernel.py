@@ -493,3 +493,38 @@ def test_rejected_pair_gives_the_buffers_back():
         assert state["old_dirs"] == [] and theirs.state[their_params[0]]["old_dirs"] == []
         seen.append({state["d"].data_ptr(), state["prev_flat_grad"].data_ptr()})
     assert len(set().union(*seen)) <= 3  # two gradient buffers and one direction buffer
+
+
+def test_pair_rejected_by_a_full_history_falls_back_for_one_direction(monkeypatch):
+    """The pair's pass leaves out the pair a full history drops; if the new pair is rejected, that pair stays.
+
+    Its products with the gradient were not taken, so that direction comes
+    from the two-loop passes; the runs still agree with torch's ops, and the
+    next kept pair is back on the fused passes.  The objective turns linear
+    after the first step (y = 0: every pair rejected), then quadratic again.
+    """
+    calls = _counting_kernels(monkeypatch)
+    phase = {"linear": False}
+    smooth = _objective
+
+    def objective(params):
+        x = torch.cat([p.reshape(-1) for p in params])
+        return torch.linspace(-1.0, 1.0, x.numel(), dtype=x.dtype).dot(x) if phase["linear"] else smooth(params)
+
+    monkeypatch.setattr(sys.modules[__name__], "_objective", objective)
+    kwargs = {"lr": 1e-2, "history_size": 2, "max_iter": 4, "tolerance_grad": 0, "tolerance_change": 0}
+    runs = _runs(kwargs, [("numba", torch.float64), ("reference", torch.float64)])
+    (_, ours, our_params, _), (_, theirs, their_params, _) = runs
+    for step, linear in enumerate([False, True, False, False]):
+        phase["linear"] = linear
+        before = dict(calls)
+        _step_all(runs)
+        for a, b in zip(our_params, their_params):
+            torch.testing.assert_close(a, b, **run_tolerance(torch.float64), msg=lambda m: f"step {step}: {m}")
+        mine, other = ours.state[our_params[0]], theirs.state[their_params[0]]
+        assert len(mine["old_dirs"]) == len(other["old_dirs"]) == 2
+        for key in ("old_dirs", "old_stps", "ro", "H_diag", "d"):
+            torch.testing.assert_close(mine[key], other[key], **run_tolerance(torch.float64), msg=lambda m: f"step {step} {key}: {m}")
+        if linear:  # the full history's pairs stay: every direction of the step from the two-loop passes
+            assert calls["two_loop_direction"] > before["two_loop_direction"]
+    assert calls["combine"] > before["combine"] and calls["two_loop_direction"] == before["two_loop_direction"]

@@ -459,7 +459,11 @@ class LBFGS(Optimizer):
             # float64 sums rounded to the vectors' dtype, as torch's dots return them
             gram = self._gram if self._gram is not None and self._gram.follows(old_dirs, old_stps) else None
             gram = gram or kernels.PairGram(old_dirs, old_stps)
-            sums = kernels.pair_with_dots(y, s, flat_grad, prev_flat_grad, d, t, old_dirs, old_stps)
+            # a full history drops its oldest pair if the new one is kept: the pass
+            # leaves it out (two vectors fewer), and a rejected pair costs one
+            # iteration of the two-loop passes (gᵀs₀, gᵀy₀ are not known then)
+            leaving = 1 if len(old_dirs) == history_size else 0
+            sums = kernels.pair_with_dots(y, s, flat_grad, prev_flat_grad, d, t, old_dirs[leaving:], old_stps[leaving:])
             ys, yy = (torch.tensor(v, dtype=y.dtype) for v in sums[:2])
         else:
             ys, yy = (torch.tensor(v, dtype=y.dtype) for v in kernels.new_pair(y, s, flat_grad, prev_flat_grad, d, t))
@@ -483,7 +487,7 @@ class LBFGS(Optimizer):
             self._dir_buf = taken[1]
         self._gram = gram
         if gram is not None:
-            gram.update(sums, flat_grad, kept, dropped, old_dirs, old_stps)
+            gram.update(sums, flat_grad, kept, dropped, old_dirs, old_stps, left_out=leaving)
         if not kept:
             return H_diag  # the spare pair stays spare
         return ys / (y.dot(y) if yy is None else yy)

@@ -565,13 +565,17 @@ class PairGram:
         """Whether this is the Gram of exactly these pairs, unchanged since."""
         return self.keys == self._keys(old_dirs, old_stps)
 
-    def update(self, sums: tuple, gradient: Tensor, kept: bool, dropped: bool, old_dirs, old_stps) -> None:
+    def update(self, sums: tuple, gradient: Tensor, kept: bool, dropped: bool, old_dirs, old_stps, left_out: int = 0) -> None:
         """Take in the new pair's pass (``sums`` from :func:`pair_with_dots` over ``gradient``).
 
         The pair's row joins if it was ``kept``, and the oldest pair's leaves
         if ``dropped``; ``old_dirs``, ``old_stps`` are the history after that.
+        ``left_out``: how many of the oldest stored pairs the pass did not
+        read (their products are then unknown: NaN).
         """
         ys, yy, g_s, g_y, dots = sums
+        if left_out:
+            dots = np.concatenate([np.full((left_out, 5), np.nan), dots])
         self.g_s, self.g_y = dots[:, 3], dots[:, 4]
         if kept:
             k = self.S.shape[0]
@@ -591,9 +595,15 @@ class PairGram:
 
     def ready_for(self, gradient: Tensor, old_dirs, old_stps) -> bool:
         """Whether :meth:`coefficients` can give the direction for ``gradient`` and these pairs."""
-        return self.gradient is gradient and self.follows(old_dirs, old_stps) and self.complete()
+        return (
+            self.gradient is gradient
+            and self.follows(old_dirs, old_stps)
+            and self.complete()
+            and not (np.isnan(self.g_s).any() or np.isnan(self.g_y).any())
+        )
 
     def complete(self) -> bool:
+        """Whether every product among the stored pairs is known."""
         return not (np.isnan(self.S).any() or np.isnan(self.Y).any())
 
     def coefficients(self, ro: list[Tensor], h, al: list, dtype) -> tuple[np.ndarray, np.ndarray]:
