@@ -121,12 +121,14 @@ def test_two_loop_matches_the_torch_op_recursion(dtype, n, count):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n", [7, CHUNK + 5, 3 * CHUNK + 17])
-@pytest.mark.parametrize("count", [0, 1, 2, 3, 4])
+@pytest.mark.parametrize("count", [0, 1, 2, 3, 4, 5])
 def test_gram_direction_matches_the_torch_op_recursion(dtype, n, count):
     """The new pair's pass takes the dot products; the recursion on them and one pass give the two-loop direction.
 
-    Both passes read the stored pairs two at a time: counts 0-4 take every
-    branch (none, an odd and an even count in each).
+    Both passes read the stored pairs in groups of two: counts 0-5 take every
+    branch (the pair pass: none, one or two pairs with the new one, then
+    pairs of stored pairs and an odd one alone; the direction's pass: an odd
+    and an even count).
     """
     g, g_prev, d = _vectors(n, dtype, 3, seed=5)
     g_prev = g - 0.3 * d  # yᵀs > 0

@@ -239,34 +239,55 @@ def _added(totals, terms):
 
 
 @numba.njit(inline="always")
-def _new_pair_and_one_body(y, s, g, g_prev, d, t, y_j, s_j, sums):
-    """``y = g − g_prev``, ``s = t d``, then yᵀs, yᵀy, gᵀs, gᵀy and the five dot products with one stored pair (``sums[0:9]``)."""
-    own = (0.0, 0.0, 0.0, 0.0)  # yᵀs, yᵀy, gᵀs, gᵀy
-    pair = (0.0, 0.0, 0.0, 0.0, 0.0)
-    for i in range(y.shape[0]):
-        y[i] = g[i] - g_prev[i]
-        s[i] = d[i] * t
-        yi, si, gi = np.float64(y[i]), np.float64(s[i]), np.float64(g[i])
-        own = (own[0] + yi * si, own[1] + yi * yi, own[2] + gi * si, own[3] + gi * yi)
-        pair = _added(pair, _pair_terms(yi, si, gi, y_j[i], s_j[i]))
-    sums[0], sums[1], sums[2], sums[3] = own
-    sums[4], sums[5], sums[6], sums[7], sums[8] = pair
+def _new_pair_element(y_over_g_prev, s_over_d, g, t, i, own):
+    """Element ``i`` of ``y = g − g_prev`` and ``s = t d`` written over ``g_prev`` and ``d``; ``own`` (yᵀs, yᵀy, gᵀs, gᵀy) with its terms added.
 
-
-@_chunk_loop
-def _new_pair_and_one(y, s, g, g_prev, d, t, y_j, s_j, sums):
-    _new_pair_and_one_body(y, s, g, g_prev, d, t, y_j, s_j, sums)
-
-
-@_chunk_loop
-def _new_pair_and_one_in_place(y_over_g_prev, s_over_d, g, t, y_j, s_j, sums):
-    """The same with ``y`` written over ``g_prev`` and ``s`` over ``d``: no memory is fetched only to be overwritten.
-
-    One array for both roles, not :func:`_new_pair_and_one` with the same
-    array twice: LLVM would find the arrays overlapping at run time and run
-    the loop unvectorized.
+    Returns ``(y_i, s_i, g_i)`` in float64 and the new ``own``.
     """
-    _new_pair_and_one_body(y_over_g_prev, s_over_d, g, y_over_g_prev, s_over_d, t, y_j, s_j, sums)
+    y_over_g_prev[i] = g[i] - y_over_g_prev[i]
+    s_over_d[i] = s_over_d[i] * t
+    yi, si, gi = np.float64(y_over_g_prev[i]), np.float64(s_over_d[i]), np.float64(g[i])
+    return yi, si, gi, (own[0] + yi * si, own[1] + yi * yi, own[2] + gi * si, own[3] + gi * yi)
+
+
+@_chunk_loop
+def _new_pair_and_one(y_over_g_prev, s_over_d, g, t, y_a, s_a, sums):
+    """The new pair (:func:`_new_pair_element`) and its five dot products with one stored pair (``sums[0:9]``).
+
+    ``y`` is written over ``g_prev`` and ``s`` over ``d``: no memory is
+    fetched only to be overwritten, and each array has one name (LLVM runs a
+    loop over arrays it finds overlapping at run time unvectorized).
+    """
+    own = (0.0, 0.0, 0.0, 0.0)
+    a = (0.0, 0.0, 0.0, 0.0, 0.0)
+    for i in range(g.shape[0]):
+        yi, si, gi, own = _new_pair_element(y_over_g_prev, s_over_d, g, t, i, own)
+        a = _added(a, _pair_terms(yi, si, gi, y_a[i], s_a[i]))
+    sums[0], sums[1], sums[2], sums[3] = own
+    sums[4], sums[5], sums[6], sums[7], sums[8] = a
+
+
+@_chunk_loop
+def _new_pair_and_two(y_over_g_prev, s_over_d, g, t, y_a, s_a, y_b, s_b, sums):
+    """:func:`_new_pair_and_one` with two stored pairs (``sums[0:14]``): one loop, the new pair's values used from registers."""
+    own = (0.0, 0.0, 0.0, 0.0)
+    a = b = (0.0, 0.0, 0.0, 0.0, 0.0)
+    for i in range(g.shape[0]):
+        yi, si, gi, own = _new_pair_element(y_over_g_prev, s_over_d, g, t, i, own)
+        a = _added(a, _pair_terms(yi, si, gi, y_a[i], s_a[i]))
+        b = _added(b, _pair_terms(yi, si, gi, y_b[i], s_b[i]))
+    sums[0], sums[1], sums[2], sums[3] = own
+    sums[4], sums[5], sums[6], sums[7], sums[8] = a
+    sums[9], sums[10], sums[11], sums[12], sums[13] = b
+
+
+@_chunk_loop
+def _one_pair(y, s, g, y_a, s_a, sums):
+    """The five dot products of the new ``y``, ``s`` and ``g`` with one stored pair (``sums[0:5]``)."""
+    a = (0.0, 0.0, 0.0, 0.0, 0.0)
+    for i in range(y.shape[0]):
+        a = _added(a, _pair_terms(np.float64(y[i]), np.float64(s[i]), np.float64(g[i]), y_a[i], s_a[i]))
+    sums[0], sums[1], sums[2], sums[3], sums[4] = a
 
 
 @_chunk_loop
@@ -283,32 +304,34 @@ def _two_pairs(y, s, g, y_a, s_a, y_b, s_b, sums):
 
 @_chunk_loop
 def _pair_dots_chunk(lo, hi, args, sums):
-    """:func:`_new_pair_and_one` with stored pair 0, then the other stored pairs two at a time.
+    """The new pair with the first two stored pairs in one loop, then the others two at a time (an odd one alone).
 
     ``sums``: yᵀs, yᵀy, gᵀs, gᵀy, then per stored pair j s_newᵀy_j,
-    y_newᵀs_j, y_newᵀy_j, gᵀs_j, gᵀy_j.  A loop that reads more streams at
-    once runs closer to the memory's speed than one pass per pair (the new
-    ``y``, ``s`` and ``g`` of the chunk are read from cache each time): so
-    the pairs are taken two by two.  With no stored pair the first loop
-    reads ``g`` as its pair, and with an even count the last loop reads the
-    last pair twice; those sums land past the ``4 + 5k`` that are used
-    (``sums`` has room for one more pair).
+    y_newᵀs_j, y_newᵀy_j, gᵀs_j, gᵀy_j.  Each loop reads several streams
+    at once, which runs closer to the memory's speed than one pass per pair,
+    and the new pair's values are used from registers where they are made;
+    the loops after the first read the chunk's ``y``, ``s`` and ``g`` from
+    cache.  With no stored pair the first loop reads ``g`` as its pair; those
+    sums land past the ``4 + 5k`` that are used (``sums`` has room for one
+    more pair).  ``y`` and ``s`` are written over ``g_prev`` and ``d``.
     """
-    y, s, g, g_prev, d, t, old, in_place = args
-    y, s, g, g_prev, d = y[lo:hi], s[lo:hi], g[lo:hi], g_prev[lo:hi], d[lo:hi]
+    y, s, g, t, old = args
+    y, s, g = y[lo:hi], s[lo:hi], g[lo:hi]
     n = hi - lo
     k = old.shape[1]
-    y_0, s_0 = (column(old, 0, 0, lo, n, g), column(old, 1, 0, lo, n, g)) if k > 0 else (g, g)
-    if in_place:  # y is g_prev, s is d
-        _new_pair_and_one_in_place(y, s, g, t, y_0, s_0, sums[0:9])
+
+    def pair(j):
+        return column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g)
+
+    y_0, s_0 = pair(0) if k else (g, g)
+    if k >= 2:
+        _new_pair_and_two(y, s, g, t, y_0, s_0, *pair(1), sums[0:14])
     else:
-        _new_pair_and_one(y, s, g, g_prev, d, t, y_0, s_0, sums[0:9])
-    for j in range(1, k, 2):
-        last = min(j + 1, k - 1)
-        _two_pairs(
-            y, s, g, column(old, 0, j, lo, n, g), column(old, 1, j, lo, n, g),
-            column(old, 0, last, lo, n, g), column(old, 1, last, lo, n, g), sums[4 + 5 * j : 14 + 5 * j],
-        )  # fmt: skip
+        _new_pair_and_one(y, s, g, t, y_0, s_0, sums[0:9])
+    for j in range(2, k - 1, 2):
+        _two_pairs(y, s, g, *pair(j), *pair(j + 1), sums[4 + 5 * j : 14 + 5 * j])
+    if k > 2 and k % 2:
+        _one_pair(y, s, g, *pair(k - 1), sums[4 + 5 * (k - 1) : 9 + 5 * (k - 1)])
 
 
 @_chunk_loop
@@ -407,8 +430,8 @@ def _axpy_pass(q, a, v, c, z, partial):
 
 
 @kernel
-def _pair_dots_pass(y, s, g, g_prev, d, t, old, in_place, partial):
-    return _chunked_sums(_pair_dots_chunk, y.shape[0], (y, s, g, g_prev, d, scalar(t, y), old, in_place), partial)
+def _pair_dots_pass(y_over_g_prev, s_over_d, g, t, old, partial):
+    return _chunked_sums(_pair_dots_chunk, g.shape[0], (y_over_g_prev, s_over_d, g, scalar(t, g), old), partial)
 
 
 @kernel
@@ -507,15 +530,19 @@ def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, fl
     Returns ``(yᵀs, yᵀy, gᵀs, gᵀy, dots)``, ``dots[j]`` being
     ``(sᵀy_j, yᵀs_j, yᵀy_j, gᵀs_j, gᵀy_j)`` for the stored pair j (float64).
     ``y`` may be ``g_prev`` itself and ``s`` be ``d`` (both, or neither):
-    the pair is then written over them.
+    the pair is then written over them.  Otherwise ``g_prev`` and ``d`` are
+    first copied into ``y`` and ``s`` (two more passes; the optimizer does
+    this only with buffers it must not write into: exported or loaded ones).
     """
     k = len(old_dirs)
-    in_place = y is g_prev and s is d
-    if not in_place and (y is g_prev or s is d):
+    if (y is g_prev) != (s is d):
         raise ValueError("pair_with_dots writes y over g_prev and s over d together, or neither")
+    if y is not g_prev:
+        y.copy_(g_prev)
+        s.copy_(d)
     sums = launch_flat(
-        _pair_dots_pass, y.numel(), _array(y), _array(s), _array(g), _array(g_prev), _array(d), float(t),
-        _addresses(old_dirs, old_stps), in_place, _partials(y.numel(), 4 + 5 * (k + 1)),
+        _pair_dots_pass, y.numel(), _array(y), _array(s), _array(g), float(t),
+        _addresses(old_dirs, old_stps), _partials(y.numel(), 4 + 5 * (k + 1)),
     )
     torch._C._increment_version([y, s])
     return sums[0], sums[1], sums[2], sums[3], sums[4 : 4 + 5 * k].reshape(k, 5)
