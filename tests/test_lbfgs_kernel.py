@@ -136,16 +136,18 @@ def test_gram_direction_matches_the_torch_op_recursion(dtype, n, count):
     gram = kernels.PairGram([], [])
     for y_j, s_j in zip(dirs, stps):  # build the Gram pair by pair, as the optimizer does
         prefix_dirs, prefix_stps = dirs[: len(gram.keys)], stps[: len(gram.keys)]
-        *_, g_s, g_y, dots = kernels.pair_with_dots(torch.empty_like(g), torch.empty_like(g), y_j + 1, torch.ones_like(g), s_j, 1.0, prefix_dirs, prefix_stps)
-        exact = (y_j.double().dot(s_j.double()).item(), y_j.double().dot(y_j.double()).item(), g_s, g_y, dots)
+        *_, g_s, g_y, g_g, dots = kernels.pair_with_dots(torch.empty_like(g), torch.empty_like(g), y_j + 1, torch.ones_like(g), s_j, 1.0, prefix_dirs, prefix_stps)
+        exact = (y_j.double().dot(s_j.double()).item(), y_j.double().dot(y_j.double()).item(), g_s, g_y, g_g, dots)
         gram.update(exact, g, True, False, prefix_dirs + [y_j], prefix_stps + [s_j])
     y, s = torch.empty_like(g), torch.empty_like(g)
-    ys, yy, g_s, g_y, dots = kernels.pair_with_dots(y, s, g, g_prev, d, 0.5, dirs, stps)
+    ys, yy, g_s, g_y, g_g, dots = kernels.pair_with_dots(y, s, g, g_prev, d, 0.5, dirs, stps)
     assert torch.equal(y, g - g_prev) and torch.equal(s, d * 0.5)
+    exact = [u.double().dot(v.double()).item() for u, v in ((y, s), (y, y), (g, s), (g, y), (g, g))]
+    assert [ys, yy, g_s, g_y, g_g] == pytest.approx(exact, rel=1e-10, abs=1e-9)
     for j, (y_j, s_j) in enumerate(zip(dirs, stps)):
         exact = [u.double().dot(v.double()).item() for u, v in ((s, y_j), (y, s_j), (y, y_j), (g, s_j), (g, y_j))]
         assert dots[j] == pytest.approx(exact, rel=1e-10, abs=1e-9)
-    gram.update((ys, yy, g_s, g_y, dots), g, True, False, dirs + [y], stps + [s])
+    gram.update((ys, yy, g_s, g_y, g_g, dots), g, True, False, dirs + [y], stps + [s])
     assert gram.complete() and gram.follows(dirs + [y], stps + [s]) and gram.ready_for(g, dirs + [y], stps + [s])
     dirs, stps = dirs + [y], stps + [s]
     ro = ro + [1.0 / torch.tensor(ys, dtype=dtype)]
@@ -155,15 +157,18 @@ def test_gram_direction_matches_the_torch_op_recursion(dtype, n, count):
     torch.testing.assert_close(torch.from_numpy(gram.g_s), torch.from_numpy(np.append(dots[:, 3], g_s)), rtol=0, atol=0)
     a, b = gram.coefficients(ro, h, al_ours, dtype)
     out = torch.empty_like(g)
-    gtd, top = kernels.combine(out, g, dirs, stps, a, b, h)
+    top = kernels.combine(out, g, dirs, stps, a, b, h)
     torch.testing.assert_close(out, expected, **tolerance(dtype))
     for ours, theirs in zip(al_ours, al_ref):
         torch.testing.assert_close(ours, theirs, **tolerance(dtype))
-    assert gtd == pytest.approx(g.double().dot(out.double()).item(), rel=1e-9)
+    # the slope from the products: gᵀ of the unrounded direction (float32: the stored one is rounded)
+    slope_tolerance = {torch.float32: 1e-5, torch.float64: 1e-12}[dtype]
+    streamed = g.double().dot(out.double()).item()
+    assert gram.slope(a, b, h, dtype) == pytest.approx(streamed, rel=slope_tolerance, abs=slope_tolerance * g.double().norm().item() * out.double().norm().item())
     assert top == out.abs().max().item()  # exact
     for special in (float("inf"), float("nan")):
         g[n // 2] = special
-        top = kernels.combine(out, g, dirs, stps, a, b, h)[1]
+        top = kernels.combine(out, g, dirs, stps, a, b, h)
         assert top == out.abs().max().item() or (np.isnan(top) and out.isnan().any())
 
 

@@ -509,9 +509,9 @@ class LBFGS(Optimizer):
         if kernels is not None and gram is not None and gram.ready_for(flat_grad, old_dirs, old_stps):
             # the recursion on the dot products the pair's pass took, then one pass over the pairs
             a, b = gram.coefficients(ro, H_diag, al, flat_grad.dtype)
-            gtd, top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
+            top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
             self._note_abs_max(out, torch.tensor(top, dtype=out.dtype))
-            return out, torch.tensor(gtd, dtype=flat_grad.dtype)
+            return out, torch.tensor(gram.slope(a, b, H_diag, flat_grad.dtype), dtype=flat_grad.dtype)
         if kernels is None:
             return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None
         gtd = kernels.two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out)

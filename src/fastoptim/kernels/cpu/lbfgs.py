@@ -240,45 +240,45 @@ def _added(totals, terms):
 
 @numba.njit(inline="always")
 def _new_pair_element(y_over_g_prev, s_over_d, g, t, i, own):
-    """Element ``i`` of ``y = g − g_prev`` and ``s = t d`` written over ``g_prev`` and ``d``; ``own`` (yᵀs, yᵀy, gᵀs, gᵀy) with its terms added.
+    """Element ``i`` of ``y = g − g_prev`` and ``s = t d`` written over ``g_prev`` and ``d``; ``own`` (yᵀs, yᵀy, gᵀs, gᵀy, gᵀg) with its terms added.
 
     Returns ``(y_i, s_i, g_i)`` in float64 and the new ``own``.
     """
     y_over_g_prev[i] = g[i] - y_over_g_prev[i]
     s_over_d[i] = s_over_d[i] * t
     yi, si, gi = np.float64(y_over_g_prev[i]), np.float64(s_over_d[i]), np.float64(g[i])
-    return yi, si, gi, (own[0] + yi * si, own[1] + yi * yi, own[2] + gi * si, own[3] + gi * yi)
+    return yi, si, gi, (own[0] + yi * si, own[1] + yi * yi, own[2] + gi * si, own[3] + gi * yi, own[4] + gi * gi)
 
 
 @_chunk_loop
 def _new_pair_and_one(y_over_g_prev, s_over_d, g, t, y_a, s_a, sums):
-    """The new pair (:func:`_new_pair_element`) and its five dot products with one stored pair (``sums[0:9]``).
+    """The new pair (:func:`_new_pair_element`) and its five dot products with one stored pair (``sums[0:10]``).
 
     ``y`` is written over ``g_prev`` and ``s`` over ``d``: no memory is
     fetched only to be overwritten, and each array has one name (LLVM runs a
     loop over arrays it finds overlapping at run time unvectorized).
     """
-    own = (0.0, 0.0, 0.0, 0.0)
+    own = (0.0, 0.0, 0.0, 0.0, 0.0)
     a = (0.0, 0.0, 0.0, 0.0, 0.0)
     for i in range(g.shape[0]):
         yi, si, gi, own = _new_pair_element(y_over_g_prev, s_over_d, g, t, i, own)
         a = _added(a, _pair_terms(yi, si, gi, y_a[i], s_a[i]))
-    sums[0], sums[1], sums[2], sums[3] = own
-    sums[4], sums[5], sums[6], sums[7], sums[8] = a
+    sums[0], sums[1], sums[2], sums[3], sums[4] = own
+    sums[5], sums[6], sums[7], sums[8], sums[9] = a
 
 
 @_chunk_loop
 def _new_pair_and_two(y_over_g_prev, s_over_d, g, t, y_a, s_a, y_b, s_b, sums):
-    """:func:`_new_pair_and_one` with two stored pairs (``sums[0:14]``): one loop, the new pair's values used from registers."""
-    own = (0.0, 0.0, 0.0, 0.0)
+    """:func:`_new_pair_and_one` with two stored pairs (``sums[0:15]``): one loop, the new pair's values used from registers."""
+    own = (0.0, 0.0, 0.0, 0.0, 0.0)
     a = b = (0.0, 0.0, 0.0, 0.0, 0.0)
     for i in range(g.shape[0]):
         yi, si, gi, own = _new_pair_element(y_over_g_prev, s_over_d, g, t, i, own)
         a = _added(a, _pair_terms(yi, si, gi, y_a[i], s_a[i]))
         b = _added(b, _pair_terms(yi, si, gi, y_b[i], s_b[i]))
-    sums[0], sums[1], sums[2], sums[3] = own
-    sums[4], sums[5], sums[6], sums[7], sums[8] = a
-    sums[9], sums[10], sums[11], sums[12], sums[13] = b
+    sums[0], sums[1], sums[2], sums[3], sums[4] = own
+    sums[5], sums[6], sums[7], sums[8], sums[9] = a
+    sums[10], sums[11], sums[12], sums[13], sums[14] = b
 
 
 @_chunk_loop
@@ -306,13 +306,13 @@ def _two_pairs(y, s, g, y_a, s_a, y_b, s_b, sums):
 def _pair_dots_chunk(lo, hi, args, sums):
     """The new pair with the first two stored pairs in one loop, then the others two at a time (an odd one alone).
 
-    ``sums``: yᵀs, yᵀy, gᵀs, gᵀy, then per stored pair j s_newᵀy_j,
+    ``sums``: yᵀs, yᵀy, gᵀs, gᵀy, gᵀg, then per stored pair j s_newᵀy_j,
     y_newᵀs_j, y_newᵀy_j, gᵀs_j, gᵀy_j.  Each loop reads several streams
     at once, which runs closer to the memory's speed than one pass per pair,
     and the new pair's values are used from registers where they are made;
     the loops after the first read the chunk's ``y``, ``s`` and ``g`` from
     cache.  With no stored pair the first loop reads ``g`` as its pair; those
-    sums land past the ``4 + 5k`` that are used (``sums`` has room for one
+    sums land past the ``5 + 5k`` that are used (``sums`` has room for one
     more pair).  ``y`` and ``s`` are written over ``g_prev`` and ``d``.
     """
     y, s, g, t, old = args
@@ -325,13 +325,13 @@ def _pair_dots_chunk(lo, hi, args, sums):
 
     y_0, s_0 = pair(0) if k else (g, g)
     if k >= 2:
-        _new_pair_and_two(y, s, g, t, y_0, s_0, *pair(1), sums[0:14])
+        _new_pair_and_two(y, s, g, t, y_0, s_0, *pair(1), sums[0:15])
     else:
-        _new_pair_and_one(y, s, g, t, y_0, s_0, sums[0:9])
+        _new_pair_and_one(y, s, g, t, y_0, s_0, sums[0:10])
     for j in range(2, k - 1, 2):
-        _two_pairs(y, s, g, *pair(j), *pair(j + 1), sums[4 + 5 * j : 14 + 5 * j])
+        _two_pairs(y, s, g, *pair(j), *pair(j + 1), sums[5 + 5 * j : 15 + 5 * j])
     if k > 2 and k % 2:
-        _one_pair(y, s, g, *pair(k - 1), sums[4 + 5 * (k - 1) : 9 + 5 * (k - 1)])
+        _one_pair(y, s, g, *pair(k - 1), sums[5 + 5 * (k - 1) : 10 + 5 * (k - 1)])
 
 
 @_chunk_loop
@@ -362,7 +362,7 @@ def _add_two_pairs(out, y_a, s_a, a_a, b_a, y_b, s_b, a_b, b_b):
 
 @_chunk_loop
 def _combine_chunk(lo, hi, args, sums):
-    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its gᵀout and max|out|.
+    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its max|out|.
 
     The terms are added in pair order, as one pass per pair would; the pairs
     are read two at a time (an odd count: the first alone, with ``−h g``).
@@ -381,12 +381,8 @@ def _combine_chunk(lo, hi, args, sums):
         _start_two_pairs(out, g, minus_h, *pair(0), *pair(1))
     for j in range(2 - k % 2, k, 2):
         _add_two_pairs(out, *pair(j), *pair(j + 1))
-    gd = 0.0
-    for i in range(n):
-        gd += np.float64(g[i]) * np.float64(out[i])
-    sums[0] = gd
     bits = out_bits[lo:hi]  # out's chunk as integers, still in cache: max|out| exactly, NaN if any
-    sums[1] = np.float64(_float_from_bits(_largest_magnitude_bits(bits, mask), bits))
+    sums[0] = np.float64(_float_from_bits(_largest_magnitude_bits(bits, mask), bits))
 
 
 @numba.njit(inline="always")
@@ -437,13 +433,13 @@ def _pair_dots_pass(y_over_g_prev, s_over_d, g, t, old, partial):
 @kernel
 def _combine_pass(out, g, old, a, b, minus_h, out_bits, mask, partial):
     n = out.shape[0]
-    gd = _chunked_sums(_combine_chunk, n, (out, g, old, a, b, scalar(minus_h, out), out_bits, mask), partial)[0]
-    top = partial[0, 1]
+    _chunked_sums(_combine_chunk, n, (out, g, old, a, b, scalar(minus_h, out), out_bits, mask), partial)  # rows: each chunk's max
+    top = partial[0, 0]
     for j in range(1, (n + CHUNK - 1) // CHUNK):
-        magnitude = partial[j, 1]
+        magnitude = partial[j, 0]
         if magnitude > top or magnitude != magnitude:  # a NaN stays (numba's max() skips NaN)
             top = magnitude
-    return gd, top
+    return top
 
 
 _scratch: list[np.ndarray] = [np.empty(0)]
@@ -524,10 +520,10 @@ def _addresses(old_dirs: list[Tensor], old_stps: list[Tensor]) -> np.ndarray:
     return np.array([[y.data_ptr() for y in old_dirs], [s.data_ptr() for s in old_stps]], dtype=np.int64).reshape(2, len(old_dirs))
 
 
-def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, float, float, float, np.ndarray]:
-    """:func:`new_pair` and, in the same pass, every dot product the next direction needs.
+def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, float, float, float, float, np.ndarray]:
+    """:func:`new_pair` and, in the same pass, every dot product the next direction and its slope need.
 
-    Returns ``(yᵀs, yᵀy, gᵀs, gᵀy, dots)``, ``dots[j]`` being
+    Returns ``(yᵀs, yᵀy, gᵀs, gᵀy, gᵀg, dots)``, ``dots[j]`` being
     ``(sᵀy_j, yᵀs_j, yᵀy_j, gᵀs_j, gᵀy_j)`` for the stored pair j (float64).
     ``y`` may be ``g_prev`` itself and ``s`` be ``d`` (both, or neither):
     the pair is then written over them.  Otherwise ``g_prev`` and ``d`` are
@@ -542,26 +538,27 @@ def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, fl
         s.copy_(d)
     sums = launch_flat(
         _pair_dots_pass, y.numel(), _array(y), _array(s), _array(g), float(t),
-        _addresses(old_dirs, old_stps), _partials(y.numel(), 4 + 5 * (k + 1)),
+        _addresses(old_dirs, old_stps), _partials(y.numel(), 5 + 5 * (k + 1)),
     )
     torch._C._increment_version([y, s])
-    return sums[0], sums[1], sums[2], sums[3], sums[4 : 4 + 5 * k].reshape(k, 5)
+    return sums[0], sums[1], sums[2], sums[3], sums[4], sums[5 : 5 + 5 * k].reshape(k, 5)
 
 
-def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> tuple[float, float]:
-    """``out ← −h g + Σ_j (a_j y_j + b_j s_j)`` (coefficients in ``out``'s dtype) in one pass.
+def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> float:
+    """``out ← −h g + Σ_j (a_j y_j + b_j s_j)`` (coefficients rounded to ``out``'s dtype) in one pass.
 
-    Returns ``gᵀout`` and ``max|out|`` (exact; NaN if ``out`` holds one), which
-    the step's "does the step still move θ" test needs.
+    Returns ``max|out|`` (exact; NaN if ``out`` holds one), which the step's
+    "does the step still move θ" test needs.  The slope ``gᵀout`` comes
+    from the dot products instead (:meth:`PairGram.slope`).
     """
     dtype = _array(out).dtype
     bits, mask = _bits(out)
-    gd, top = launch_flat(
+    top = launch_flat(
         _combine_pass, out.numel(), _array(out), _array(g), _addresses(old_dirs, old_stps), a.astype(dtype), b.astype(dtype),
-        -float(h), bits, mask, _partials(out.numel(), 2),
+        -float(h), bits, mask, _partials(out.numel()),
     )
     torch._C._increment_version([out])
-    return gd, top
+    return top
 
 
 class PairGram:
@@ -580,9 +577,10 @@ class PairGram:
         k = len(old_dirs)
         self.S = np.full((k, k), np.nan)
         self.Y = np.full((k, k), np.nan)
-        # the gradient the last pair's pass read, and its gᵀs_j, gᵀy_j for the pairs now stored
+        # the gradient the last pair's pass read, its gᵀs_j, gᵀy_j for the pairs now stored, and gᵀg
         self.gradient: Tensor | None = None
         self.g_s = self.g_y = np.empty(0)
+        self.g_g = np.nan
 
     @staticmethod
     def _keys(old_dirs, old_stps) -> list:
@@ -600,7 +598,7 @@ class PairGram:
         ``left_out``: how many of the oldest stored pairs the pass did not
         read (their products are then unknown: NaN).
         """
-        ys, yy, g_s, g_y, dots = sums
+        ys, yy, g_s, g_y, self.g_g, dots = sums
         if left_out:
             dots = np.concatenate([np.full((left_out, 5), np.nan), dots])
         self.g_s, self.g_y = dots[:, 3], dots[:, 4]
@@ -663,3 +661,16 @@ class PairGram:
             be_i = torch.tensor(y_r[i] + b[:i] @ self.S[:i, i], dtype=dtype) * ro[i]
             b[i] = float(al[i] - be_i)
         return -h * alpha, b
+
+    def slope(self, a: np.ndarray, b: np.ndarray, h, dtype: torch.dtype) -> float:
+        r"""``gᵀd`` for the direction :func:`combine` forms from ``(a, b)`` and ``h``, from the dot products.
+
+        :math:`g^\top d = -h\, g^\top g + \sum_j (a_j\, g^\top y_j + b_j\, g^\top s_j)`, with
+        ``a``, ``b`` and ``h`` rounded to the vectors' ``dtype`` as :func:`combine`
+        uses them: it differs from the dot product of ``g`` with the stored
+        direction by that direction's rounding, as a dot product summed in
+        another order would (torch sums float32 in float32).
+        """
+        rounded = torch.empty(0, dtype=dtype).numpy().dtype
+        a, b, minus_h = (np.asarray(v, rounded).astype(np.float64) for v in (a, b, -float(h)))
+        return float(minus_h * self.g_g + a @ self.g_y + b @ self.g_s)
