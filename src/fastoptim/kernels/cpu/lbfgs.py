@@ -7,14 +7,16 @@ at a third of the memory's speed.  Here:
 
 * :func:`abs_max` -- ``max|x|`` as the largest magnitude bit pattern (an
   integer max: exact, NaN wins as in torch, one read at memory speed);
-* :func:`pair_with_dots` -- ``y = g − g_prev``, ``s = t d``, ``yᵀs``, ``yᵀy``
-  and every dot product of ``y``, ``s`` and ``g`` with the stored pairs, in
-  one pass (:class:`PairGram` keeps the pairs' products with each other);
+* :func:`pair_with_dots` -- ``y = g − g_prev``, ``s = t d`` (written over
+  ``g_prev`` and ``d``), ``yᵀs``, ``yᵀy``, ``gᵀg`` and every dot product of
+  ``y``, ``s`` and ``g`` with the stored pairs that stay, in one pass
+  (:class:`PairGram` keeps the pairs' products with each other);
 * :class:`PairGram`'s :meth:`~PairGram.coefficients` -- the two-loop
-  recursion on those k² + 2k numbers, and :func:`combine` -- the direction
-  ``−h g + Σ (a_j y_j + b_j s_j)``, ``gᵀd`` and ``max|d|`` in one more pass.  Two passes
-  an iteration, 4m + 7 vectors, where torch's ops make 4m + 7 passes and
-  10m + 14 vectors;
+  recursion on those k² + 2k numbers, :meth:`~PairGram.slope` -- ``gᵀd``
+  from them, and :func:`combine` -- the direction ``−h g + Σ (a_j y_j + b_j s_j)``
+  and ``max|d|`` in one more pass.  Two passes an iteration, 4m + 5 vectors
+  with a full history, where torch's ops make 4m + 7 passes and 10m + 14
+  vectors;
 * :func:`new_pair` and :func:`two_loop_direction` -- the same without the
   products among the pairs, for a history that came from a state_dict
   (the recursion in 2m + 1 passes, each ``q ← c (q + a v)`` fused with the
