@@ -535,3 +535,15 @@ def test_pair_rejected_by_a_full_history_falls_back_for_one_direction(monkeypatc
         if linear:  # the full history's pairs stay: every direction of the step from the two-loop passes
             assert calls["two_loop_direction"] > before["two_loop_direction"]
     assert calls["combine"] > before["combine"] and calls["two_loop_direction"] == before["two_loop_direction"]
+
+
+def test_buffer_views_are_made_once_per_buffer(monkeypatch):
+    """The per-parameter views of the flat buffers are made once per buffer, not each time a buffer changes role."""
+    made = []
+    views_of = lbfgs_module._views_of
+    monkeypatch.setattr(lbfgs_module, "_views_of", lambda flat, shapes: made.append(flat.data_ptr()) or views_of(flat, shapes))
+    kwargs = {"lr": 0.5, "history_size": 3, "max_iter": 5, "tolerance_grad": 0, "tolerance_change": 0}
+    (run,) = _runs(kwargs, [("numba", torch.float64)])
+    for _ in range(6):
+        _step_all([run])
+    assert len(made) == len(set(made)) <= 2 * 3 + 3

@@ -159,13 +159,20 @@ def _abs_max(x: Tensor) -> Tensor:
 
 
 class _Flat:
-    """One flat n-element buffer and its per-parameter views (complex parameters as real pairs)."""
+    """One flat n-element buffer and its per-parameter views (complex parameters as real pairs), made when first used."""
 
-    __slots__ = ("flat", "views")
+    __slots__ = ("flat", "_shapes", "_views")
 
     def __init__(self, flat: Tensor, shapes: list[tuple[int, ...]]):
         self.flat = flat
-        self.views = _views_of(flat, shapes)
+        self._shapes = shapes
+        self._views: list[Tensor] | None = None
+
+    @property
+    def views(self) -> list[Tensor]:
+        if self._views is None:
+            self._views = _views_of(self.flat, self._shapes)
+        return self._views
 
 
 def _views_of(flat: Tensor, shapes: list[tuple[int, ...]]) -> list[Tensor]:
@@ -204,7 +211,9 @@ class LBFGS(Optimizer):
     """
 
     #: attributes holding the reusable buffers: rebuilt, not copied, by pickle / deepcopy
-    _BUFFER_ATTRIBUTES = ("_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_abs_maxes")
+    _BUFFER_ATTRIBUTES = (
+        "_layout", "_grad_bufs", "_dir_buf", "_x_bufs", "_spare_pair", "_owned", "_gram", "_abs_maxes", "_in_history",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -249,6 +258,8 @@ class LBFGS(Optimizer):
         self._gram = None
         # (tensor, its version, max|tensor|) for the last two vectors whose pass also took the max
         self._abs_maxes: list[tuple[Tensor, int, Tensor]] = []
+        # id -> the _Flat of an own buffer now holding a curvature vector: its views are made once, not per pair
+        self._in_history: dict[int, _Flat] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -303,7 +314,8 @@ class LBFGS(Optimizer):
 
     def _flat_around(self, flat: Tensor) -> _Flat:
         """An own flat tensor (a curvature vector leaving the history) as a buffer with its views."""
-        return _Flat(flat, self._flat_layout()[2])
+        buf = self._in_history.pop(id(flat), None)
+        return buf if buf is not None and buf.flat is flat else _Flat(flat, self._flat_layout()[2])
 
     def _grad_buffer(self, busy: Tensor | None) -> _Flat:
         """An own flat-gradient buffer other than ``busy`` (the one holding ``prev_flat_grad``)."""
@@ -418,6 +430,7 @@ class LBFGS(Optimizer):
         """Keep in ``_owned`` only the tensors still in the history or spare (the state may have been replaced)."""
         keep = {id(t) for t in (*(old_dirs or ()), *(old_stps or ()), *(self._spare_pair or ()))}
         self._owned = {k: t for k, t in self._owned.items() if k in keep}
+        self._in_history = {k: buf for k, buf in self._in_history.items() if k in self._owned}
 
     def _take_for_pair(self, prev_flat_grad: Tensor, d: Tensor) -> tuple[_Flat, _Flat] | None:
         """The buffers holding ``prev_flat_grad`` and ``d``, taken out of use, if both are this optimizer's own.
@@ -471,6 +484,7 @@ class LBFGS(Optimizer):
         if kept:
             if taken:
                 self._owned[id(y)], self._owned[id(s)] = y, s
+                self._in_history[id(y)], self._in_history[id(s)] = taken
             else:
                 self._spare_pair = None
             if len(old_dirs) == history_size:
