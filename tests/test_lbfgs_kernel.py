@@ -312,9 +312,9 @@ def _counting_kernels(monkeypatch):
     for name in calls:
         original = getattr(kernels, name)
 
-        def counted(*args, name=name, original=original):
+        def counted(*args, name=name, original=original, **kwargs):
             calls[name] += 1
-            return original(*args)
+            return original(*args, **kwargs)
 
         monkeypatch.setattr(kernels, name, counted)
     return calls
@@ -547,3 +547,57 @@ def test_buffer_views_are_made_once_per_buffer(monkeypatch):
     for _ in range(6):
         _step_all([run])
     assert len(made) == len(set(made)) <= 2 * 3 + 3
+
+
+@pytest.mark.parametrize("case", ["plain", "a float32 param"])
+def test_fixed_step_moves_parameters_in_the_direction_pass(case, monkeypatch):
+    """Without line search the direction's pass also takes the step θ ← θ + t d (the slope from the products says it goes ahead).
+
+    A parameter of another dtype than the flat vector keeps the separate
+    update.  Either way the run agrees with torch's ops.
+    """
+    steps = []
+    fused = kernels.combine
+    monkeypatch.setattr(kernels, "combine", lambda *args, step=None: steps.append(step is not None) or fused(*args, step=step))
+    kwargs = {"lr": 0.5, "history_size": 3, "max_iter": 5, "tolerance_grad": 0, "tolerance_change": 0}
+    values = _make_params(torch.float64, 2 * CHUNK + 10)
+    if case == "a float32 param":
+        values[1] = values[1].float()
+    runs = []
+    for backend in ("numba", "reference"):
+        params = [v.clone().requires_grad_() for v in values]
+        opt = fastoptim.LBFGS(params, **kwargs)
+
+        def closure(opt=opt, params=params):
+            opt.zero_grad()
+            loss = _objective([p.double() for p in params])
+            loss.backward()
+            return loss
+
+        runs.append((backend, opt, params, closure))
+    for step in range(3):
+        _step_all(runs)
+        for a, b in zip(runs[0][2], runs[1][2]):
+            torch.testing.assert_close(a, b, **run_tolerance(torch.float64), msg=lambda m: f"step {step}: {m}")
+    assert steps and all(steps) if case == "plain" else steps and not any(steps)
+
+
+def test_direction_pass_does_not_step_where_the_slope_test_stops(monkeypatch):
+    """A slope gᵀd > −tolerance_change ends the iteration before its update: the direction's pass then moves nothing.
+
+    The slope from the products is made positive, so the second iteration
+    stops at its test: the parameters are where the first iteration left
+    them (a one-iteration run), and ``d`` is the direction formed.
+    """
+    monkeypatch.setattr(kernels.PairGram, "slope", lambda self, a, b, h, dtype: 1.0)
+    steps = []
+    fused = kernels.combine
+    monkeypatch.setattr(kernels, "combine", lambda *args, step=None: steps.append(step is not None) or fused(*args, step=step))
+    kwargs = {"lr": 0.5, "history_size": 3, "tolerance_grad": 0, "tolerance_change": 0}
+    five, one = _runs({**kwargs, "max_iter": 5}, [("numba", torch.float64)]), _runs({**kwargs, "max_iter": 1}, [("numba", torch.float64)])
+    _step_all(five + one)
+    assert steps == [False]
+    for a, b in zip(five[0][2], one[0][2]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    state = five[0][1].state[five[0][2][0]]
+    assert state["n_iter"] == 2 and len(state["old_dirs"]) == 1

@@ -515,21 +515,32 @@ class LBFGS(Optimizer):
         else:
             self._spare_pair = (y_old, s_old)
 
-    def _direction(self, flat_grad, old_dirs, old_stps, ro, H_diag, al) -> tuple[Tensor, Tensor | None]:
-        """``(d, gᵀd)``: the two-loop direction in the own buffer, and the slope where the fused passes computed it."""
+    def _direction(self, flat_grad, old_dirs, old_stps, ro, H_diag, al, step=None) -> tuple[Tensor, Tensor | None, bool]:
+        """``(d, gᵀd, moved)``: the two-loop direction in the own buffer, and the slope where the fused passes computed it.
+
+        ``step = (t, tolerance_change)`` for a fixed step of length t: where
+        the fused passes know from the dot products that gᵀd ≤ −tolerance
+        (the step goes ahead), the pass that forms d also moves the
+        parameters by t·d, and ``moved`` is True.
+        """
         out = self._direction_buffer().flat
         kernels = _flat_kernels(flat_grad) if old_dirs and _fits(flat_grad, *old_dirs, *old_stps) else None
         gram = self._gram
         if kernels is not None and gram is not None and gram.ready_for(flat_grad, old_dirs, old_stps):
             # the recursion on the dot products the pair's pass took, then one pass over the pairs
             a, b = gram.coefficients(ro, H_diag, al, flat_grad.dtype)
-            top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag)
+            gtd = torch.tensor(gram.slope(a, b, H_diag, flat_grad.dtype), dtype=flat_grad.dtype)
+            moving = None
+            if step is not None and not gtd > -step[1]:
+                params = self._real_params()
+                moving = (params, step[0]) if _fits_flat(out, params) else None
+            top = kernels.combine(out, flat_grad, old_dirs, old_stps, a, b, H_diag, step=moving)
             self._note_abs_max(out, torch.tensor(top, dtype=out.dtype))
-            return out, torch.tensor(gram.slope(a, b, H_diag, flat_grad.dtype), dtype=flat_grad.dtype)
+            return out, gtd, moving is not None
         if kernels is None:
-            return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None
+            return two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out=out), None, False
         gtd = kernels.two_loop_direction(flat_grad, old_dirs, old_stps, ro, H_diag, al, out)
-        return out, gtd
+        return out, gtd, False
 
     def _note_abs_max(self, x: Tensor, top: Tensor) -> None:
         """Remember ``max|x|`` (a 0-dim tensor), taken by the pass that wrote ``x``: the last direction's and gradient's are kept."""
@@ -599,6 +610,7 @@ class LBFGS(Optimizer):
 
             # ---- direction (into the own direction buffer: the old d is only needed for s)
             gtd = None  # the slope gᵀd, when the fused two-loop computed it
+            moved = False  # whether the pass that formed d also took the (fixed) step
             if state["n_iter"] == 1:
                 d = torch.neg(flat_grad, out=self._direction_buffer().flat)
                 old_dirs, old_stps, ro = [], [], []
@@ -610,7 +622,9 @@ class LBFGS(Optimizer):
                 )
                 if "al" not in state:
                     state["al"] = [None] * history_size
-                d, gtd = self._direction(flat_grad, old_dirs, old_stps, ro, H_diag, state["al"])
+                # a fixed step is t = lr from the second iteration on
+                fixed_step = (lr, tolerance_change) if line_search_fn is None else None
+                d, gtd, moved = self._direction(flat_grad, old_dirs, old_stps, ro, H_diag, state["al"], fixed_step)
 
             # torch copies g into prev_flat_grad; the buffers swap roles instead
             # (the next gradient goes into the other one)
@@ -639,7 +653,8 @@ class LBFGS(Optimizer):
                 self._add_grad(t, d)
                 opt_cond = self._abs_max(flat_grad) <= tolerance_grad
             else:
-                self._add_grad(t, d)
+                if not moved:
+                    self._add_grad(t, d)
                 # The last iteration does not re-evaluate: in a stochastic
                 # setting the next step() call evaluates anyway.
                 if n_iter != max_iter:

@@ -362,14 +362,13 @@ def _add_two_pairs(out, y_a, s_a, a_a, b_a, y_b, s_b, a_b, b_b):
         out[i] = out[i] + a_a * y_a[i] + b_a * s_a[i] + a_b * y_b[i] + b_b * s_b[i]
 
 
-@_chunk_loop
-def _combine_chunk(lo, hi, args, sums):
-    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over the chunk, then its max|out|.
+@numba.njit(inline="always")
+def _direction_chunk(lo, hi, out, g, old, a, b, minus_h):
+    """``out = −h g + Σ_j (a_j y_j + b_j s_j)`` over elements ``lo .. hi-1``.
 
     The terms are added in pair order, as one pass per pair would; the pairs
     are read two at a time (an odd count: the first alone, with ``−h g``).
     """
-    out, g, old, a, b, minus_h, out_bits, mask = args
     out, g = out[lo:hi], g[lo:hi]
     n = hi - lo
     k = old.shape[1]
@@ -383,8 +382,48 @@ def _combine_chunk(lo, hi, args, sums):
         _start_two_pairs(out, g, minus_h, *pair(0), *pair(1))
     for j in range(2 - k % 2, k, 2):
         _add_two_pairs(out, *pair(j), *pair(j + 1))
-    bits = out_bits[lo:hi]  # out's chunk as integers, still in cache: max|out| exactly, NaN if any
-    sums[0] = np.float64(_float_from_bits(_largest_magnitude_bits(bits, mask), bits))
+
+
+@numba.njit(inline="always")
+def _largest_magnitude(bits, lo, hi, mask):
+    """max|x| over ``lo .. hi-1`` of the float array whose bits are ``bits`` (exact, NaN if any), as float64."""
+    chunk = bits[lo:hi]
+    return np.float64(_float_from_bits(_largest_magnitude_bits(chunk, mask), chunk))
+
+
+@_chunk_loop
+def _add_scaled(theta, d, t):
+    """``θ ← θ + t d``."""
+    for i in range(theta.shape[0]):
+        theta[i] = theta[i] + t * d[i]
+
+
+@_chunk_loop
+def _combine_chunk(lo, hi, args, sums):
+    """:func:`_direction_chunk`, then the chunk's max|out| (``sums[0]``) from its bits, still in cache."""
+    out, g, old, a, b, minus_h, out_bits, mask = args
+    _direction_chunk(lo, hi, out, g, old, a, b, minus_h)
+    sums[0] = _largest_magnitude(out_bits, lo, hi, mask)
+
+
+@_chunk_loop
+def _combine_and_step_chunk(lo, hi, args, sums):
+    """:func:`_combine_chunk`, then the parameters the chunk covers move by ``t`` times it: ``θ ← θ + t d``.
+
+    Parameter ``p`` (its address ``params[0, p]``) holds elements
+    ``starts[p] .. starts[p+1]-1`` of the flat vector; the chunk's direction
+    is read from cache, so the step costs θ's read and write only.
+    """
+    out, g, old, a, b, minus_h, out_bits, mask, params, starts, t = args
+    _direction_chunk(lo, hi, out, g, old, a, b, minus_h)
+    sums[0] = _largest_magnitude(out_bits, lo, hi, mask)
+    p = np.searchsorted(starts, lo, side="right") - 1  # the parameter holding element lo
+    k = lo
+    while k < hi:
+        end = min(hi, starts[p + 1])
+        _add_scaled(column(params, 0, p, k - starts[p], end - k, out), out[k:end], t)
+        k = end
+        p += 1
 
 
 @numba.njit(inline="always")
@@ -433,9 +472,13 @@ def _pair_dots_pass(y_over_g_prev, s_over_d, g, t, old, partial):
 
 
 @kernel
-def _combine_pass(out, g, old, a, b, minus_h, out_bits, mask, partial):
+def _combine_pass(out, g, old, a, b, minus_h, out_bits, mask, params, starts, t, partial):
     n = out.shape[0]
-    _chunked_sums(_combine_chunk, n, (out, g, old, a, b, scalar(minus_h, out), out_bits, mask), partial)  # rows: each chunk's max
+    direction = (out, g, old, a, b, scalar(minus_h, out), out_bits, mask)
+    if params.shape[1]:
+        _chunked_sums(_combine_and_step_chunk, n, direction + (params, starts, scalar(t, out)), partial)
+    else:
+        _chunked_sums(_combine_chunk, n, direction, partial)  # rows: each chunk's max
     top = partial[0, 0]
     for j in range(1, (n + CHUNK - 1) // CHUNK):
         magnitude = partial[j, 0]
@@ -546,20 +589,27 @@ def pair_with_dots(y, s, g, g_prev, d, t, old_dirs, old_stps) -> tuple[float, fl
     return sums[0], sums[1], sums[2], sums[3], sums[4], sums[5 : 5 + 5 * k].reshape(k, 5)
 
 
-def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float) -> float:
+def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.ndarray, h: float, step=None) -> float:
     """``out ← −h g + Σ_j (a_j y_j + b_j s_j)`` (coefficients rounded to ``out``'s dtype) in one pass.
 
     Returns ``max|out|`` (exact; NaN if ``out`` holds one), which the step's
     "does the step still move θ" test needs.  The slope ``gᵀout`` comes
-    from the dot products instead (:meth:`PairGram.slope`).
+    from the dot products instead (:meth:`PairGram.slope`).  With ``step =
+    (params, t)`` -- contiguous tensors of ``out``'s dtype that fill it, in
+    order -- the same pass also moves them: ``θ ← θ + t·out``, the
+    parameter update of a fixed step, without reading ``out`` again.
     """
     dtype = _array(out).dtype
     bits, mask = _bits(out)
+    params, t = step if step is not None else ((), 0.0)
+    starts = np.zeros(len(params) + 1, np.int64)
+    np.cumsum([p.numel() for p in params], out=starts[1:])
+    addresses = np.array([[p.data_ptr() for p in params]], dtype=np.int64).reshape(1, len(params))
     top = launch_flat(
         _combine_pass, out.numel(), _array(out), _array(g), _addresses(old_dirs, old_stps), a.astype(dtype), b.astype(dtype),
-        -float(h), bits, mask, _partials(out.numel()),
+        -float(h), bits, mask, addresses, starts, float(t), _partials(out.numel()),
     )
-    torch._C._increment_version([out])
+    torch._C._increment_version([out, *params])
     return top
 
 
