@@ -183,7 +183,7 @@ def lbfgs_traffic(max_iter: int, history_size: int) -> CountedTraffic:
 
     This is the minimum of the two-loop recursion's passes, not of every
     formulation: fastoptim's fused path (docs/algorithms/lbfgs.md) takes the
-    direction from dot products among the pairs and moves ``4m + 12`` vectors
+    direction from dot products among the pairs and moves ``4m + 11`` vectors
     an iteration, fewer than counted here, so its % of the ceiling credits it
     with bytes it does not move.
     """

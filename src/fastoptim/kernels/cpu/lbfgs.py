@@ -14,7 +14,9 @@ at a third of the memory's speed.  Here:
 * :class:`PairGram`'s :meth:`~PairGram.coefficients` -- the two-loop
   recursion on those k² + 2k numbers, :meth:`~PairGram.slope` -- ``gᵀd``
   from them, and :func:`combine` -- the direction ``−h g + Σ (a_j y_j + b_j s_j)``
-  and ``max|d|`` in one more pass.  Two passes an iteration, 4m + 5 vectors
+  and ``max|d|`` in one more pass, which with a fixed step also moves the
+  parameters by ``t d`` (the slope says beforehand whether the step goes
+  ahead).  Two passes an iteration, 4m + 5 vectors
   with a full history, where torch's ops make 4m + 7 passes and 10m + 14
   vectors;
 * :func:`new_pair` and :func:`two_loop_direction` -- the same without the
