@@ -18,7 +18,7 @@ at a third of the memory's speed.  Here:
   parameters by ``t d`` (the slope says beforehand whether the step goes
   ahead).  Two passes an iteration, 4m + 5 vectors with a full history
   (4m + 7 with the step's θ), where torch's ops make 4m + 7 passes and
-  10m + 14 vectors, the update included;
+  10m + 14 vectors;
 * :func:`new_pair` and :func:`two_loop_direction` -- the same without the
   products among the pairs, for a history that came from a state_dict
   (the recursion in 2m + 1 passes, each ``q ← c (q + a v)`` fused with the
