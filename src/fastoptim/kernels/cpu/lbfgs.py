@@ -129,9 +129,34 @@ def abs_max(x: Tensor) -> Tensor:
 
 
 @_chunk_loop
-def _copy(out, source):
+def _copy_from(piece, out, unused):
+    """``out ← piece`` (a tensor's elements into their place in the flat vector)."""
     for i in range(out.shape[0]):
-        out[i] = source[i]
+        out[i] = piece[i]
+
+
+@numba.njit(inline="always")
+def _over_pieces(tensors, starts, lo, hi, flat, apply, arg):
+    """``apply(piece, flat[k:end], arg)`` for each run of ``flat[lo:hi]`` that lies in one tensor.
+
+    Tensor ``p`` (its address ``tensors[0, p]``) holds elements
+    ``starts[p] .. starts[p+1]-1`` of the flat vector; ``piece`` is its part
+    of the run (:func:`pieces` builds the table).
+    """
+    p = np.searchsorted(starts, lo, side="right") - 1  # the tensor holding element lo
+    k = lo
+    while k < hi:
+        end = min(hi, starts[p + 1])
+        apply(column(tensors, 0, p, k - starts[p], end - k, flat), flat[k:end], arg)
+        k = end
+        p += 1
+
+
+def pieces(tensors: list[Tensor]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(1, T)`` table of the tensors' addresses and their ``starts`` in a flat vector they fill one after another."""
+    starts = np.zeros(len(tensors) + 1, np.int64)
+    np.cumsum([t.numel() for t in tensors], out=starts[1:])
+    return np.array([[t.data_ptr() for t in tensors]], dtype=np.int64).reshape(1, len(tensors)), starts
 
 
 @kernel
@@ -149,13 +174,7 @@ def _gather_abs_max_bits(out, sources, starts, bits, mask, partial):
         j = next_task(tasks)
         while j < count:
             lo, hi = _chunk_bounds(j, n)
-            t = np.searchsorted(starts, lo, side="right") - 1  # the source holding element lo
-            k = lo
-            while k < hi:
-                end = min(hi, starts[t + 1])
-                _copy(out[k:end], column(sources, 0, t, k - starts[t], end - k, out))
-                k = end
-                t += 1
+            _over_pieces(sources, starts, lo, hi, out, _copy_from, 0)
             partial[j] = _magnitude_bits(bits, j, n, mask)
             j = next_task(tasks)
     return partial.max()
@@ -167,9 +186,7 @@ def gather_abs_max(out: Tensor, sources: list[Tensor]) -> Tensor:
     One pass: each chunk's max is taken while the chunk is in cache (exact,
     NaN wins, as :func:`abs_max`).
     """
-    starts = np.zeros(len(sources) + 1, np.int64)
-    np.cumsum([source.numel() for source in sources], out=starts[1:])
-    addresses = np.array([[source.data_ptr() for source in sources]], dtype=np.int64)
+    addresses, starts = pieces(sources)
     bits, mask = _bits(out)
     top = launch_flat(_gather_abs_max_bits, out.numel(), _array(out), addresses, starts, bits, mask, _partials(out.numel())[:, 0])
     torch._C._increment_version([out])
@@ -395,7 +412,7 @@ def _largest_magnitude(bits, lo, hi, mask):
 
 @_chunk_loop
 def _add_scaled(theta, d, t):
-    """``θ ← θ + t d``."""
+    """``θ ← θ + t d`` (a parameter's piece moved by its part of the direction)."""
     for i in range(theta.shape[0]):
         theta[i] = theta[i] + t * d[i]
 
@@ -419,13 +436,7 @@ def _combine_and_step_chunk(lo, hi, args, sums):
     out, g, old, a, b, minus_h, out_bits, mask, params, starts, t = args
     _direction_chunk(lo, hi, out, g, old, a, b, minus_h)
     sums[0] = _largest_magnitude(out_bits, lo, hi, mask)
-    p = np.searchsorted(starts, lo, side="right") - 1  # the parameter holding element lo
-    k = lo
-    while k < hi:
-        end = min(hi, starts[p + 1])
-        _add_scaled(column(params, 0, p, k - starts[p], end - k, out), out[k:end], t)
-        k = end
-        p += 1
+    _over_pieces(params, starts, lo, hi, out, _add_scaled, t)
 
 
 @numba.njit(inline="always")
@@ -604,9 +615,7 @@ def combine(out: Tensor, g: Tensor, old_dirs, old_stps, a: np.ndarray, b: np.nda
     dtype = _array(out).dtype
     bits, mask = _bits(out)
     params, t = step if step is not None else ((), 0.0)
-    starts = np.zeros(len(params) + 1, np.int64)
-    np.cumsum([p.numel() for p in params], out=starts[1:])
-    addresses = np.array([[p.data_ptr() for p in params]], dtype=np.int64).reshape(1, len(params))
+    addresses, starts = pieces(params)
     top = launch_flat(
         _combine_pass, out.numel(), _array(out), _array(g), _addresses(old_dirs, old_stps), a.astype(dtype), b.astype(dtype),
         -float(h), bits, mask, addresses, starts, float(t), _partials(out.numel()),
