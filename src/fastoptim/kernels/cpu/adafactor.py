@@ -252,13 +252,13 @@ def _ends(lo, n, size):
 
 
 @numba.njit(inline="always")
-def _block_lines(table, t, k, inner, witness):
-    """The gradient of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``, one view per line."""
+def _block_lines(table, t, k, inner, witness, col=GRAD):
+    """Column ``col`` (the gradient) of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``, one view per line."""
     return (
-        column(table, t, GRAD, k, inner, witness),
-        column(table, t, GRAD, k + inner, inner, witness),
-        column(table, t, GRAD, k + 2 * inner, inner, witness),
-        column(table, t, GRAD, k + 3 * inner, inner, witness),
+        column(table, t, col, k, inner, witness),
+        column(table, t, col, k + inner, inner, witness),
+        column(table, t, col, k + 2 * inner, inner, witness),
+        column(table, t, col, k + 3 * inner, inner, witness),
     )
 
 
@@ -290,26 +290,33 @@ def _block_weighted_sums(table, t, k, inner, weighted, weights, witness):
 
 @numba.njit(inline="always")
 def _block_sums_after(table, t, k, inner, sums, line_sums, before, weighted, weights, witness):
-    """:func:`_block_square_sums` of the block at ``k`` and, in the same loop, :func:`_block_weighted_sums` of the block at ``before``.
+    """:func:`_block_square_sums` of the block at ``k`` and, in the same loop, :func:`_block_weighted_sums` of the block at ``before``; returns the block's Σθ².
 
-    The block before is still in cache; reading it while this one streams in
-    keeps memory busy through the loop that re-reads it.
+    The block before is still in cache; reading it while this one's θ and g
+    stream in keeps memory busy through the loop that re-reads it.
     """
     g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
     h0, h1, h2, h3 = _block_lines(table, t, before, inner, witness)
+    p0, p1, p2, p3 = _block_lines(table, t, k, inner, witness, PARAM)
     w0, w1, w2, w3 = weights
     t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
     for i in range(inner):
         s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
         t0 += s0
         t1 += s1
         t2 += s2
         t3 += s3
+        q0 += _square(load(p0, i))
+        q1 += _square(load(p1, i))
+        q2 += _square(load(p2, i))
+        q3 += _square(load(p3, i))
         sums[i] += (s0 + s1) + (s2 + s3)
         weighted[i] += (_square(load(h0, i)) * w0 + _square(load(h1, i)) * w1) + (
             _square(load(h2, i)) * w2 + _square(load(h3, i)) * w3
         )
     line_sums[0], line_sums[1], line_sums[2], line_sums[3] = t0, t1, t2, t3
+    return (q0 + q1) + (q2 + q3)
 
 
 @numba.njit(inline="always")
@@ -409,16 +416,21 @@ def _first_pass(table, t, lo, n, w, one, var_floor, cap, maximize, sums, slots, 
 
     With ``overlap`` (a tensor split over all threads) a block of lines is
     read again in the loop over the next block's Σg², not in a loop of its
-    own, so the reads from memory never pause (:func:`_block_sums_after`):
-    one 8192² float32 step took 43.9-44.2 ms against 46.3-46.4 (alternated
-    runs).  A tensor one thread takes whole keeps the plain order: there it
-    was slower (the bench's ``many`` set 19.5-19.6 ms against 18.0-19.1).
+    own, so the reads from memory never pause, and Σθ² is summed in the same
+    loop, θ and g streaming in together (:func:`_block_sums_after`): one
+    8192² float32 step took 43.9-44.2 ms against 46.3-46.4 with the first,
+    42.1-44.0 against 43.3-44.9 with the second as well (alternated runs).
+    A tensor one thread takes whole keeps the plain order, Σθ² in a loop
+    before the rest: the first made the bench's ``many`` set slower there
+    (19.5-19.6 ms against 18.0-19.1).
     """
     wide_vector_hint()
     line_sq, pos_sq, pos_wsq, line_at, pos_at = sums
     param = column(table, t, PARAM, lo, n, witness)
     grad = column(table, t, GRAD, lo, n, witness)
-    weights, _ = quartered_sums(_weight_square, n, (param, witness))
+    weights = 0.0
+    if table[t, FLAG] == VECTOR or not overlap:
+        weights, _ = quartered_sums(_weight_square, n, (param, witness))
     if table[t, FLAG] == VECTOR:
         variance = column(table, t, VARIANCE, lo, n, witness)
         updates = 0.0
@@ -472,9 +484,11 @@ def _first_pass(table, t, lo, n, w, one, var_floor, cap, maximize, sums, slots, 
             # BLOCK whole lines of one matrix at once: the position sums are read and written once for all
             totals = line_sq[line_at[t] + line : line_at[t] + line + BLOCK]
             if overlap and pending >= 0:
-                _block_sums_after(table, t, k, inner, position_sums, totals, pending, pending_weighted, pending_weights, witness)
+                weights += _block_sums_after(table, t, k, inner, position_sums, totals, pending, pending_weighted, pending_weights, witness)
             else:
                 _block_square_sums(table, t, k, inner, position_sums, totals, witness)
+                if overlap:
+                    weights += quartered_sums(_weight_square, BLOCK * inner, (param[k - lo : k - lo + BLOCK * inner], witness))[0]
             w0, c0 = _line_weight(line_var, line, totals[0], inner, w, one, witness)
             w1, c1 = _line_weight(line_var, line + 1, totals[1], inner, w, one, witness)
             w2, c2 = _line_weight(line_var, line + 2, totals[2], inner, w, one, witness)
@@ -491,6 +505,8 @@ def _first_pass(table, t, lo, n, w, one, var_floor, cap, maximize, sums, slots, 
             square = _square(load(grads, i))
             total += square
             position_sums[i] += square
+        if overlap:
+            weights += quartered_sums(_weight_square, m, (param[k - lo : k - lo + m], witness))[0]
         if m == inner:
             line_sq[line_at[t] + line] = total
             weight, lost = _line_weight(line_var, line, total, inner, w, one, witness)
