@@ -107,6 +107,7 @@ from ._launch import (
     load,
     next_task,
     plan_rows,
+    prefetch,
     quartered_sums,
     rounded,
     scalar,
@@ -137,6 +138,8 @@ VECTOR, MATRIX, TRANSPOSED = 0, 1, 2
 LINES_PER_CHUNK = 256
 #: whole lines summed together in the first pass (:func:`_block_square_sums`, written out for four)
 BLOCK = 4
+#: a block of lines up to this many bytes has the next one prefetched (:func:`_prefetch_next_block`)
+PREFETCHED_BLOCK_BYTES = 16 << 10
 
 
 # ----------------------------------------------------------------------------- scalars
@@ -263,9 +266,23 @@ def _block_lines(table, t, k, inner, witness, col=GRAD):
 
 
 @numba.njit(inline="always")
+def _prefetch_next_block(table, t, k, inner, with_param, witness):
+    """Start fetching the gradient (and the parameter) of the block of lines after the one at ``k``, if blocks are short.
+
+    The loop over a block reads ``BLOCK`` lines side by side: short ones end
+    before the hardware prefetchers have caught up with the four streams.
+    """
+    if BLOCK * inner * witness.itemsize <= PREFETCHED_BLOCK_BYTES:
+        prefetch(table, t, GRAD, k + BLOCK * inner, BLOCK * inner, witness)
+        if with_param:
+            prefetch(table, t, PARAM, k + BLOCK * inner, BLOCK * inner, witness)
+
+
+@numba.njit(inline="always")
 def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
     """Σg² of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``: into ``line_sums``, and added to ``sums`` (per position)."""
     g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
+    _prefetch_next_block(table, t, k, inner, False, witness)
     t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
     for i in range(inner):
         s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
@@ -298,6 +315,7 @@ def _block_sums_after(table, t, k, inner, sums, line_sums, before, weighted, wei
     g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
     h0, h1, h2, h3 = _block_lines(table, t, before, inner, witness)
     p0, p1, p2, p3 = _block_lines(table, t, k, inner, witness, PARAM)
+    _prefetch_next_block(table, t, k, inner, True, witness)
     w0, w1, w2, w3 = weights
     t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
     q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
