@@ -81,16 +81,23 @@ def _r3w2(a, b, c):
     return np.float32(0.0)
 
 
+@numba.njit(inline="always", fastmath=_FLAGS)
+def _moments(b, c, d, i):
+    """c ← s·c + t·b, d ← s·d + t·b² at ``i``; returns the new pair."""
+    g = b[i]
+    m = _S * c[i] + _T * g
+    v = _S * d[i] + _T * g * g
+    c[i] = m
+    d[i] = v
+    return m, v
+
+
 @numba.njit(parallel=True, fastmath=_FLAGS)
 def _r4w2(a, b, c, d):
-    """c ← s·c + t·b, d ← s·d + t·b², and Σa² + Σc·d."""
+    """c, d from b (:func:`_moments`), and Σa² + Σc·d."""
     total = np.float32(0.0)
     for i in prange(a.shape[0]):
-        g = b[i]
-        m = _S * c[i] + _T * g
-        v = _S * d[i] + _T * g * g
-        c[i] = m
-        d[i] = v
+        m, v = _moments(b, c, d, i)
         total += a[i] * a[i] + m * v
     return total
 
@@ -99,11 +106,7 @@ def _r4w2(a, b, c, d):
 def _r4w3(a, b, c, d):
     """An Adam-shaped pass: c, d from b, then a from c and d."""
     for i in prange(a.shape[0]):
-        g = b[i]
-        m = _S * c[i] + _T * g
-        v = _S * d[i] + _T * g * g
-        c[i] = m
-        d[i] = v
+        m, v = _moments(b, c, d, i)
         a[i] = a[i] - _T * m / (np.sqrt(v) + _T)
     return np.float32(0.0)
 

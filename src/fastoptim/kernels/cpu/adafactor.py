@@ -279,30 +279,45 @@ def _prefetch_next_block(table, t, k, inner, with_param, witness):
 
 
 @numba.njit(inline="always")
+def _squares(lines, i):
+    """g² at position ``i`` of each of ``BLOCK`` lines (views from :func:`_block_lines`)."""
+    g0, g1, g2, g3 = lines
+    return _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
+
+
+@numba.njit(inline="always")
+def _plus(totals, terms):
+    """Four running sums, each with its term added."""
+    return totals[0] + terms[0], totals[1] + terms[1], totals[2] + terms[2], totals[3] + terms[3]
+
+
+@numba.njit(inline="always")
+def _weighted_square(lines, weights, i):
+    """Σ g²/R at position ``i`` over ``BLOCK`` lines (``weights``: their 1/R)."""
+    s0, s1, s2, s3 = _squares(lines, i)
+    w0, w1, w2, w3 = weights
+    return (s0 * w0 + s1 * w1) + (s2 * w2 + s3 * w3)
+
+
+@numba.njit(inline="always")
 def _block_square_sums(table, t, k, inner, sums, line_sums, witness):
     """Σg² of the ``BLOCK`` whole lines of tensor ``t`` from element ``k``: into ``line_sums``, and added to ``sums`` (per position)."""
-    g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
+    lines = _block_lines(table, t, k, inner, witness)
     _prefetch_next_block(table, t, k, inner, False, witness)
-    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
+    totals = (0.0, 0.0, 0.0, 0.0)
     for i in range(inner):
-        s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
-        t0 += s0
-        t1 += s1
-        t2 += s2
-        t3 += s3
+        s0, s1, s2, s3 = squares = _squares(lines, i)
+        totals = _plus(totals, squares)
         sums[i] += (s0 + s1) + (s2 + s3)
-    line_sums[0], line_sums[1], line_sums[2], line_sums[3] = t0, t1, t2, t3
+    line_sums[0], line_sums[1], line_sums[2], line_sums[3] = totals
 
 
 @numba.njit(inline="always")
 def _block_weighted_sums(table, t, k, inner, weighted, weights, witness):
     """Σ g²/R of the same ``BLOCK`` lines (``weights``: their 1/R), added to ``weighted`` per position; they are still in cache."""
-    g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
-    w0, w1, w2, w3 = weights
+    lines = _block_lines(table, t, k, inner, witness)
     for i in range(inner):
-        weighted[i] += (_square(load(g0, i)) * w0 + _square(load(g1, i)) * w1) + (
-            _square(load(g2, i)) * w2 + _square(load(g3, i)) * w3
-        )
+        weighted[i] += _weighted_square(lines, weights, i)
 
 
 @numba.njit(inline="always")
@@ -312,28 +327,20 @@ def _block_sums_after(table, t, k, inner, sums, line_sums, before, weighted, wei
     The block before is still in cache; reading it while this one's θ and g
     stream in keeps memory busy through the loop that re-reads it.
     """
-    g0, g1, g2, g3 = _block_lines(table, t, k, inner, witness)
-    h0, h1, h2, h3 = _block_lines(table, t, before, inner, witness)
-    p0, p1, p2, p3 = _block_lines(table, t, k, inner, witness, PARAM)
+    lines = _block_lines(table, t, k, inner, witness)
+    lines_before = _block_lines(table, t, before, inner, witness)
+    params = _block_lines(table, t, k, inner, witness, PARAM)
     _prefetch_next_block(table, t, k, inner, True, witness)
-    w0, w1, w2, w3 = weights
-    t0, t1, t2, t3 = 0.0, 0.0, 0.0, 0.0
-    q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
+    totals = (0.0, 0.0, 0.0, 0.0)
+    weight_totals = (0.0, 0.0, 0.0, 0.0)
     for i in range(inner):
-        s0, s1, s2, s3 = _square(load(g0, i)), _square(load(g1, i)), _square(load(g2, i)), _square(load(g3, i))
-        t0 += s0
-        t1 += s1
-        t2 += s2
-        t3 += s3
-        q0 += _square(load(p0, i))
-        q1 += _square(load(p1, i))
-        q2 += _square(load(p2, i))
-        q3 += _square(load(p3, i))
+        s0, s1, s2, s3 = squares = _squares(lines, i)
+        totals = _plus(totals, squares)
         sums[i] += (s0 + s1) + (s2 + s3)
-        weighted[i] += (_square(load(h0, i)) * w0 + _square(load(h1, i)) * w1) + (
-            _square(load(h2, i)) * w2 + _square(load(h3, i)) * w3
-        )
-    line_sums[0], line_sums[1], line_sums[2], line_sums[3] = t0, t1, t2, t3
+        weight_totals = _plus(weight_totals, _squares(params, i))
+        weighted[i] += _weighted_square(lines_before, weights, i)
+    line_sums[0], line_sums[1], line_sums[2], line_sums[3] = totals
+    q0, q1, q2, q3 = weight_totals
     return (q0 + q1) + (q2 + q3)
 
 
