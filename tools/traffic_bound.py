@@ -151,6 +151,8 @@ def main() -> None:
     parser.add_argument("--side", type=int, default=8192)
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
+    if args.side < 16 or args.rounds < 1:
+        parser.error(f"--side must be at least 16 and --rounds at least 1, got {args.side} and {args.rounds}")
     n = args.side * args.side
     tensors = [torch.randn(n) for _ in range(4)]
     arrays = [t.numpy() for t in tensors]
